@@ -1,0 +1,107 @@
+"""Numerical checks used by every chapter's ``assert`` cells.
+
+Each check prints one line saying what it compared and how closely, and raises an
+``AssertionError`` that states the largest difference and the tolerance when the
+comparison fails. A check that cannot fail is not a check: every function here
+compares two independently computed quantities.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ._validate import shape_matches
+
+ArrayLike = torch.Tensor | np.ndarray | float | int
+
+
+def _as_f64(x: ArrayLike) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def cmp(
+    name: str,
+    actual: ArrayLike,
+    expected: ArrayLike,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    quiet: bool = False,
+) -> float:
+    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise.
+
+    Returns the largest absolute difference. Shapes must match exactly (no broadcast).
+    """
+    a, e = _as_f64(actual), _as_f64(expected)
+    if a.shape != e.shape:
+        raise AssertionError(f"{name}: shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+    if not bool(torch.isfinite(a).all()):
+        raise AssertionError(f"{name}: actual value has NaN or inf entries")
+    diff = (a - e).abs()
+    max_diff = float(diff.max()) if diff.numel() else 0.0
+    bound = atol + rtol * e.abs()
+    rel = max_diff / max(float(e.abs().max()) if e.numel() else 0.0, 1e-300)
+    msg = f"{name}: max |diff| = {max_diff:.3e} (rel {rel:.3e}); tol atol={atol:g}, rtol={rtol:g}"
+    if not bool((diff <= bound).all()):
+        raise AssertionError(msg + "  FAILED")
+    if not quiet:
+        print(msg + "  ok")
+    return max_diff
+
+
+def check_shape(name: str, x: torch.Tensor | np.ndarray, expected: Sequence[int | None]) -> None:
+    """Assert that ``x`` has shape ``expected`` (``None`` matches any size)."""
+    got = tuple(x.shape)
+    ok, want = shape_matches(got, expected)
+    if not ok:
+        raise AssertionError(f"{name}: shape {got}, expected {want}  FAILED")
+    print(f"{name}: shape {got} matches {want}  ok")
+
+
+def finite_difference_grad(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, h: float = 1e-6
+) -> torch.Tensor:
+    """Central finite differences of a scalar function, in float64, one entry at a time.
+
+    (f(x + h e_i) - f(x - h e_i)) / (2 h): error O(h^2), so keep ``x`` small (it loops).
+    """
+    x = x.detach().to(torch.float64)
+    grad = torch.zeros_like(x)
+    flat, gflat = x.view(-1), grad.view(-1)
+    for i in range(flat.numel()):
+        old = float(flat[i])
+        flat[i] = old + h
+        up = float(f(x))
+        flat[i] = old - h
+        down = float(f(x))
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return grad
+
+
+def check_grad(
+    name: str,
+    f: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    grad: torch.Tensor | None = None,
+    *,
+    h: float = 1e-6,
+    rtol: float = 1e-5,
+    atol: float = 1e-7,
+) -> None:
+    """Compare gradients of a scalar ``f`` at ``x``: autograd vs central differences,
+    and, when given, a closed-form ``grad`` vs autograd.
+
+    Everything is evaluated in float64 so that the finite-difference error (O(h^2))
+    stays far below ``rtol``.
+    """
+    x64 = x.detach().to(torch.float64).clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(f(x64), x64)
+    fd = finite_difference_grad(f, x64.detach().clone(), h=h)
+    cmp(f"{name} [autograd vs finite differences]", auto, fd, rtol=rtol, atol=atol)
+    if grad is not None:
+        cmp(f"{name} [closed form vs autograd]", grad, auto, rtol=rtol, atol=atol)

@@ -1,0 +1,207 @@
+"""Maximal coding rate reduction (MCR^2): the loss, its gradient, its closed-form optimum,
+projected gradient ascent on features, a small feature network and the diagnostics that
+show diverse-and-discriminative features (chapter 03; reused by chapter 05).
+
+Rows are samples: ``Z`` has shape (N, d) (``mcr2_loss`` also accepts (..., N, d)).
+``eps`` is epsilon, not epsilon squared: the MCR^2 paper's "eps^2 = 0.5" is
+``eps = 0.5 ** 0.5`` here.
+
+    Delta R(Z | Pi) = R_eps(Z) - R^c_eps(Z | Pi)                                     (3.3)
+    max Delta R  subject to  ||z_i|| = 1 for every sample                           (3.4)
+    grad Delta R = alpha Z E - alpha sum_k diag(pi_k) Z C_k                         (3.5)
+        E = (I + alpha Z^T Z)^{-1},  C_k = (I + alpha_k Z^T diag(pi_k) Z)^{-1},
+        alpha = d / (N eps^2),  alpha_k = d / (N_k eps^2)
+    optimum, K orthogonal equal-size classes of rank r (K r <= d):
+        Delta R* = K r/2 log(1 + d/(K r eps^2)) - r/2 log(1 + d/(r eps^2))          (3.6)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import _validate as v
+from .coding_rate import _memberships, coding_rate_grad, rate_reduction
+from .pca import NearestSubspace, principal_angles
+
+
+def _check_rows(name: str, Z: object) -> torch.Tensor:
+    return v.tensor(name, Z, ndim=2)
+
+
+def _check_labels(labels: object, N: int) -> torch.Tensor:
+    """Hard integer labels (N,) for the diagnostics (which need one class per sample)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
+    if labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(
+            f"labels: expected integer class indices of shape (N,), got dtype {labels.dtype}, "
+            f"shape {tuple(labels.shape)}"
+        )
+    if labels.shape[0] != N:
+        raise ValueError(f"labels: expected length N={N} (rows of Z), got {labels.shape[0]}")
+    if N and int(labels.min()) < 0:
+        raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
+    return labels
+
+
+def mcr2_loss(Z: torch.Tensor, labels: torch.Tensor, eps: float, *, normalize: bool = True) -> torch.Tensor:
+    """The MCR^2 training loss -Delta R(Z | Pi), eq. (3.3), on features ``Z`` (..., N, d).
+
+    With ``normalize`` (the default) each row is first scaled to unit norm: the constraint
+    of eq. (3.4). Without it Delta R grows without bound as ``Z`` is scaled up (chapter 03,
+    section "Why normalize"), so minimising this loss would just inflate the features.
+    ``labels`` are integer (N,) or soft memberships (N, K) as in
+    :func:`crate_lite.coding_rate.class_coding_rate`. Returns shape (...), in nats.
+    """
+    Z = v.tensor("Z", Z, min_ndim=2)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
+    if normalize:
+        norms = Z.norm(dim=-1)  # (..., N)
+        if bool((norms == 0).any()):
+            raise ValueError("Z: expected nonzero rows to normalize, got a row of zeros")
+        Z = Z / norms.unsqueeze(-1)  # (..., N, d)
+    return -rate_reduction(Z, labels, eps)
+
+
+def rate_reduction_grad(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """Closed-form gradient of Delta R with respect to ``Z`` (N, d), eq. (3.5). Chapter 03.
+
+    Rows as samples: grad = alpha Z E - alpha sum_k diag(pi_k) Z C_k, with
+    E = (I_d + alpha Z^T Z)^{-1} and C_k = (I_d + alpha_k Z^T diag(pi_k) Z)^{-1}; the weight
+    N_k/N of class k times alpha_k is alpha for every class. ``labels`` integer (N,) or soft
+    memberships (N, K). Returns shape (N, d).
+    """
+    Z = _check_rows("Z", Z)
+    eps = v.positive("eps", eps)
+    N, d = Z.shape
+    Pi = _memberships(labels, N, Z.dtype, Z.device)  # (N, K)
+    Nk = Pi.sum(0)  # (K,)
+    Pi, Nk = Pi[:, Nk > 0], Nk[Nk > 0]
+    alpha = d / (N * eps**2)
+    grad = coding_rate_grad(Z, eps)  # (N, d): alpha Z E
+    PZ = Pi.T[:, :, None] * Z  # (K, N, d): diag(pi_k) Z
+    alpha_k = (d / (Nk * eps**2))[:, None, None]  # (K, 1, 1)
+    eye = torch.eye(d, dtype=Z.dtype, device=Z.device)
+    M = eye + alpha_k * (Z.T @ PZ)  # (K, d, d): I + alpha_k Z^T diag(pi_k) Z
+    L = torch.linalg.cholesky(M)
+    PZC = torch.cholesky_solve(PZ.mT, L).mT  # (K, N, d): diag(pi_k) Z C_k (M symmetric)
+    return grad - alpha * PZC.sum(0)
+
+
+def orthogonal_optimum(n_classes: int, dim: int, eps: float, *, rank: int = 1) -> float:
+    """Delta R of K mutually orthogonal, equal-size classes, each spanning ``rank`` dimensions
+    with equal singular values, unit-norm samples: eq. (3.6). Chapter 03.
+
+    K r/2 log(1 + d/(K r eps^2)) - r/2 log(1 + d/(r eps^2)), requiring K r <= d. For
+    K = d = 3, r = 1, eps^2 = 0.1 this is 1.879849 nats.
+    """
+    K = v.integer("n_classes", n_classes, minimum=1)
+    r = v.integer("rank", rank, minimum=1)
+    d = v.integer("dim", dim, minimum=K * r)
+    e2 = v.positive("eps", eps) ** 2
+    return K * r / 2 * math.log1p(d / (K * r * e2)) - r / 2 * math.log1p(d / (r * e2))
+
+
+def sphere_gradient_ascent(
+    Z: torch.Tensor, labels: torch.Tensor, eps: float, *, step: float = 0.03, n_steps: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected gradient ascent on Delta R over unit-norm features, eq. (3.7). Chapter 03.
+
+    z_i <- normalize(z_i + step N grad_i Delta R). The gradient of each sample scales like 1/N
+    (alpha = d/(N eps^2)), so the step is given per sample and multiplied by N. ``Z`` (N, d)
+    is normalized first. Returns the final features (N, d) and Delta R before every step
+    and after the last, shape (n_steps + 1,).
+    """
+    Z = _check_rows("Z", Z)
+    step = v.positive("step", step)
+    n_steps = v.integer("n_steps", n_steps, minimum=0)
+    Z = nn.functional.normalize(Z.detach(), dim=1)
+    N = Z.shape[0]
+    history = [rate_reduction(Z, labels, eps)]
+    for _ in range(n_steps):
+        Z = nn.functional.normalize(Z + step * N * rate_reduction_grad(Z, labels, eps), dim=1)
+        history.append(rate_reduction(Z, labels, eps))
+    return Z, torch.stack(history)
+
+
+def class_principal_angles(Z: torch.Tensor, labels: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Smallest principal angle, in degrees, between every pair of class subspaces: (K, K).
+
+    Each class subspace is the span of the top-``k`` (uncentred) principal directions of its
+    features, as fitted by :class:`crate_lite.pca.NearestSubspace`; the diagonal is 0. 90 means
+    the two classes are orthogonal, the MCR^2 optimum (chapter 03, theorem 3.1).
+    """
+    Z = _check_rows("Z", Z)
+    labels = _check_labels(labels, Z.shape[0])
+    v.integer("k", k, minimum=1)
+    bases = NearestSubspace(k).fit(Z, labels).bases  # (K, d, k)
+    K = bases.shape[0]
+    out = torch.zeros(K, K, dtype=Z.dtype)
+    for i in range(K):
+        for j in range(i + 1, K):
+            out[i, j] = out[j, i] = principal_angles(bases[i], bases[j], degrees=True)[0]
+    return out
+
+
+def abs_cosine_matrix(Z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """|cos| between all pairs of samples, sorted by class: (N, N) and the sorted labels (N,).
+
+    Orthogonal class subspaces show as a block-diagonal matrix (chapter 03 figures).
+    """
+    Z = _check_rows("Z", Z)
+    labels = _check_labels(labels, Z.shape[0])
+    order = torch.argsort(labels, stable=True)
+    U = nn.functional.normalize(Z[order], dim=1)  # (N, d) sorted by class
+    return (U @ U.T).abs(), labels[order]  # (N, N)
+
+
+def class_singular_values(Z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Singular values of each class's features Z_k (N_k, d), largest first: (K, d).
+
+    Classes with fewer than d samples are padded with zeros. Chapter 03: MCR^2 features
+    have several comparable singular values per class (diverse) and few large ones
+    (low-dimensional).
+    """
+    Z = _check_rows("Z", Z)
+    labels = _check_labels(labels, Z.shape[0])
+    K, d = int(labels.max()) + 1, Z.shape[1]
+    out = torch.zeros(K, d, dtype=Z.dtype)
+    for c in range(K):
+        s = torch.linalg.svdvals(Z[labels == c])  # (min(N_k, d),)
+        out[c, : s.numel()] = s
+    return out
+
+
+class FeatureMLP(nn.Module):
+    """A small fully connected feature map x (B, in_dim) -> z (B, out_dim). Chapter 03.
+
+    ``depth`` hidden blocks Linear -> BatchNorm -> ReLU of width ``hidden``, then a Linear
+    layer to ``out_dim``; with ``normalize`` the output rows have unit norm (the MCR^2
+    constraint, eq. 3.4). The cross-entropy baseline of chapter 03 uses the same module with
+    ``normalize=False`` and a linear head on top.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, *, depth: int = 2, normalize: bool = True) -> None:
+        super().__init__()
+        in_dim = v.integer("in_dim", in_dim, minimum=1)
+        hidden = v.integer("hidden", hidden, minimum=1)
+        out_dim = v.integer("out_dim", out_dim, minimum=1)
+        depth = v.integer("depth", depth, minimum=0)
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.in_dim, self.normalize = in_dim, bool(normalize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, out_dim), rows of unit norm when ``normalize``."""
+        x = v.tensor("x", x, ndim=2)
+        v.shape("x", x, (None, self.in_dim))
+        z = self.net(x)  # (B, out_dim)
+        return nn.functional.normalize(z, dim=1) if self.normalize else z

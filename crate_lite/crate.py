@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate as v
+from . import sparse
 
 __all__ = [
     "CRATEConfig",
@@ -250,10 +251,9 @@ class ISTABlock(nn.Module):
         nn.init.kaiming_uniform_(self.weight)
 
     def forward_literal(self, x: torch.Tensor) -> torch.Tensor:
-        """Eq. (6.10): residual, gradient of the data term, step, proximal map."""
-        recon = F.linear(x, self.weight)  # (B, N, d): X D^T, the reconstruction
-        grad = (x - recon) @ self.weight  # (B, N, d): minus the gradient, (X - X D^T) D
-        return F.relu(x + self.step_size * grad - self.step_size * self.lambd)
+        """Eq. (6.10): one non-negative ISTA step of chapter 04 (``sparse.ista_step``,
+        eq. 4.6) with Z = X (warm start), A = D, step eta, threshold lambda."""
+        return sparse.ista_step(x, x, self.weight, self.lambd, self.step_size, nonneg=True, validate=False)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (6.11): ReLU(X M - eta lambda) with M = I + eta (D - D^T D)."""
@@ -527,12 +527,15 @@ def _infer_config(sd: dict[str, torch.Tensor], heads: int | None, overrides: dic
     if inner % heads:
         raise ValueError(f"heads: expected a divisor of heads*dim_head={inner}, got {heads}")
     grid = math.isqrt(num_patches)
-    channels = int(overrides.pop("channels", 3))
-    P = math.isqrt(patch_dim // channels)
+    tried = [int(overrides.pop("channels"))] if "channels" in overrides else [3, 1]
+    for channels in tried:  # patch_dim = channels * P^2: RGB first, then grey
+        P = math.isqrt(patch_dim // channels)
+        if channels * P * P == patch_dim:
+            break
     if grid * grid != num_patches or channels * P * P != patch_dim:
         raise ValueError(
             f"state_dict: cannot infer a square image from {num_patches} patches of {patch_dim} values "
-            f"with {channels} channels; pass config="
+            f"with channels in {tried}; pass config="
         )
     return CRATEConfig(
         image_size=grid * P, patch_size=P, channels=channels, num_classes=sd["mlp_head.1.weight"].shape[0],
@@ -555,7 +558,8 @@ def load_official_state_dict(
     ``pos_embedding``, ``cls_token``, ``transformer.layers.{i}.{0,1}...``, ``mlp_head.{0,1}.*``),
     optionally prefixed by ``module.`` and/or nested under ``model`` or ``state_dict``.
     ``config``: the model's sizes; if omitted they are read from the tensor shapes
-    (square images; ``channels`` defaults to 3; ``heads`` must be passed unless
+    (square images; ``channels`` 3 if patch_dim / 3 is a square, else 1, or pass
+    ``channels=``; ``heads`` must be passed unless
     (dim, depth) is one of the presets, since only heads * dim_head is visible).
     ``overrides`` (e.g. ``pool="mean"``, ``lambd=0.1``, ``fast=False``) go to the config.
     Raises ``ValueError`` listing missing and unexpected keys, or mismatched shapes.

@@ -11,18 +11,60 @@ Math uses columns as samples (Z in R^{d x N}); code uses rows: ``Z`` has shape
     R^c_eps(Z | U)  = 1/2 sum_k logdet(I + p / (N eps^2) (U_k^T Z)^T (U_k^T Z))  (6.2)
     dR/dZ           = alpha (I + alpha Z Z^T)^{-1} Z                            (2.7)
 
-Every log-determinant is of I + (positive semi-definite), evaluated through a Cholesky
-factor of whichever Gram matrix is smaller, so it is finite and >= 0.
+How the log-determinants are evaluated (chapter 02, section "Computing R robustly").
+Every one is 1/2 logdet(I + a X^T X) for a factor X, using whichever Gram matrix of X is
+smaller (eq. 2.4). Inputs of any floating dtype are evaluated in float64 and the result
+is returned in the input's dtype: forming X^T X squares the condition number of X, and in
+float32 that alone can cost more than 1e-5 of relative accuracy on a rank-deficient Z.
+In float64, three evaluations are combined, each used where it is accurate:
+
+* Cholesky of I + a X^T X (the fast default);
+* where the a-priori rounding bound ``n u tr(A)`` of the Gram matrix is not below
+  1e-11 of the result (huge entries, tiny eps, rank-deficient Z), the R factor of a QR
+  of the stacked matrix [I; sqrt(a) X]: R^T R = I + a X^T X exactly, but the Gram matrix
+  is never rounded, so zero singular values of X stay (almost) zero;
+* where the result is so small that forming I + A loses its digits (Z near 0), the
+  eigenvalues of A and log1p. Z = 0 gives R = 0 exactly.
+
+All three are differentiable with torch.autograd and finite for every finite input.
 """
 from __future__ import annotations
+
+import numbers
 
 import torch
 
 from . import _validate as v
 
+_U64 = torch.finfo(torch.float64).eps
+_REL = 1e-11  # target relative error bound that selects the evaluation
+
 
 def _check_z(Z: object) -> torch.Tensor:
-    return v.tensor("Z", Z, min_ndim=2)
+    """Validate a data matrix ``Z`` (..., N, d): floating, finite, N >= 1 and d >= 1."""
+    Z = v.tensor("Z", Z, min_ndim=2)
+    if Z.is_complex():
+        raise TypeError(f"Z: expected a real floating-point tensor, got dtype {Z.dtype}")
+    if Z.shape[-2] < 1 or Z.shape[-1] < 1:
+        raise ValueError(f"Z: expected shape (..., N, d) with N >= 1 and d >= 1, got {tuple(Z.shape)}")
+    return Z
+
+
+def _check_eps(eps: object) -> float:
+    """``eps`` as a Python float > 0; numpy scalars and 0-d real tensors are accepted."""
+    if isinstance(eps, torch.Tensor):
+        if eps.ndim != 0 or eps.is_complex() or eps.dtype == torch.bool:
+            raise TypeError(f"eps: expected a real number, got a tensor of shape {tuple(eps.shape)} dtype {eps.dtype}")
+        eps = eps.item()
+    elif isinstance(eps, numbers.Real) and not isinstance(eps, (bool, int, float)):
+        eps = float(eps)  # numpy scalars
+    return v.positive("eps", eps)
+
+
+def _work(X: torch.Tensor) -> torch.Tensor:
+    """``X`` in float64 on a device that has float64 (Apple's MPS has not: CPU there)."""
+    dev = torch.device("cpu") if X.device.type == "mps" else X.device
+    return X.to(device=dev, dtype=torch.float64)
 
 
 def _gram(X: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -34,101 +76,199 @@ def _gram(X: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return X @ X.mT, False  # (..., N, N)
 
 
+def _logdet_qr(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """logdet(I_n + a X^T X) for X (..., m, n), m >= n, float64, from the QR of
+    S = [I_n; sqrt(a) X] (..., n + m, n): S^T S = I + a X^T X, so |det R| = det(I + a X^T X)^{1/2}."""
+    n = X.shape[-1]
+    eye = torch.eye(n, dtype=X.dtype, device=X.device).expand(*X.shape[:-2], n, n)  # (..., n, n)
+    S = torch.cat([eye, a.sqrt()[..., None, None] * X], dim=-2)  # (..., n + m, n)
+    R = torch.linalg.qr(S, mode="reduced").R  # (..., n, n)
+    return 2.0 * torch.log(torch.diagonal(R, dim1=-2, dim2=-1).abs()).sum(-1)
+
+
+def _half_logdet(X: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
+    """1/2 logdet(I + a X^T X) = 1/2 logdet(I + a X X^T) (eq. 2.4) for X (..., m, n) in
+    float64 and a > 0 (a float or a tensor broadcastable to X's batch shape (...)).
+    Uses the smaller Gram matrix and the evaluation described in the module docstring.
+    Returns shape (...), float64."""
+    if X.shape[-1] > X.shape[-2]:
+        X = X.mT  # (..., m, n) with n <= m: X^T X is the smaller Gram matrix
+    n = X.shape[-1]
+    a = torch.as_tensor(a, dtype=X.dtype, device=X.device).expand(X.shape[:-2])  # (...)
+    A = a[..., None, None] * (X.mT @ X)  # (..., n, n)
+    eye = torch.eye(n, dtype=X.dtype, device=X.device)
+    L, info = torch.linalg.cholesky_ex(eye + A)
+    if bool((info != 0).any()):  # only for astronomically large A: QR everywhere
+        ld = _logdet_qr(X, a)
+    else:
+        ld = 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (...)
+        with torch.no_grad():
+            trace = a * X.square().sum((-2, -1))  # tr(A), (...)
+            need_qr = n * _U64 * trace > _REL * ld
+        if bool(need_qr.any()):
+            ld = torch.where(need_qr, _logdet_qr(X, a), ld)
+    with torch.no_grad():
+        need_eig = n * _U64 > _REL * ld  # I + A rounds away the digits of a tiny result
+    if bool(need_eig.any()):
+        lam = torch.linalg.eigvalsh(A).clamp_min(0)  # (..., n)
+        ld = torch.where(need_eig, torch.log1p(lam).sum(-1), ld)
+    return 0.5 * ld
+
+
 def logdet_i_plus(A: torch.Tensor) -> torch.Tensor:
     """logdet(I + A) for symmetric positive semi-definite A (..., n, n), never NaN.
 
-    Cholesky of I + A in the input precision; where it fails (float32 rounding on very
-    ill-conditioned A), the eigenvalues of A clamped at 0 give sum log(1 + lambda_i).
+    Evaluated in float64 (returned in A's dtype): Cholesky of I + A; where it fails
+    (A not numerically PSD), the eigenvalues of A clamped at 0 give sum log(1 + lambda_i).
+    Prefer :func:`coding_rate` when a factor X of A = a X^T X is at hand (more accurate).
     """
+    A = v.tensor("A", A, min_ndim=2)
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A: expected square matrices (..., n, n), got shape {tuple(A.shape)}")
+    A64 = _work(A)
     n = A.shape[-1]
-    M = A + torch.eye(n, dtype=A.dtype, device=A.device)
-    L, info = torch.linalg.cholesky_ex(M)
+    L, info = torch.linalg.cholesky_ex(A64 + torch.eye(n, dtype=A64.dtype, device=A64.device))
     if not bool((info != 0).any()):
-        return 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-    lam = torch.linalg.eigvalsh(0.5 * (A + A.mT)).clamp_min(0)
-    return torch.log1p(lam).sum(-1)
+        out = 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    else:
+        lam = torch.linalg.eigvalsh(0.5 * (A64 + A64.mT)).clamp_min(0)  # (..., n)
+        out = torch.log1p(lam).sum(-1)
+    return out.to(device=A.device, dtype=A.dtype)
 
 
 def coding_rate(Z: torch.Tensor, eps: float) -> torch.Tensor:
     """R_eps(Z) = 1/2 logdet(I + d/(N eps^2) Z^T Z) for rows-as-samples ``Z`` (..., N, d).
 
-    Derived in chapter 02, eq. (2.3); the smaller Gram matrix is used (eq. 2.4).
-    Returns shape (...), in nats.
+    Derived in chapter 02, eq. (2.3); the smaller Gram matrix is used (eq. 2.4): d x d
+    when d <= N, else N x N. Evaluated in float64, returned in ``Z``'s dtype, shape (...),
+    in nats. ``eps`` is epsilon (> 0), not epsilon squared.
     """
     Z = _check_z(Z)
-    eps = v.positive("eps", eps)
+    eps = _check_eps(eps)
     N, d = Z.shape[-2:]
-    alpha = d / (N * eps**2)
-    G, _ = _gram(Z)
-    return 0.5 * logdet_i_plus(alpha * G)
+    R = _half_logdet(_work(Z), d / (N * eps**2))  # (...)
+    return R.to(device=Z.device, dtype=Z.dtype)
 
 
 def coding_rate_grad(Z: torch.Tensor, eps: float) -> torch.Tensor:
     """dR_eps/dZ in closed form, same shape as ``Z`` (..., N, d). Chapter 02, eq. (2.7).
 
     Rows as samples: dR/dZ = alpha Z (I_d + alpha Z^T Z)^{-1} = alpha (I_N + alpha Z Z^T)^{-1} Z
-    (the factor 1/2 cancels against the 2 from differentiating Z Z^T).
+    (the factor 1/2 cancels against the 2 from differentiating Z Z^T); the smaller of the
+    two systems is solved, in float64, through a Cholesky factor (or the QR factor of
+    [I; sqrt(alpha) Z] if Cholesky fails). Returned in ``Z``'s dtype.
     """
     Z = _check_z(Z)
-    eps = v.positive("eps", eps)
+    eps = _check_eps(eps)
     N, d = Z.shape[-2:]
     alpha = d / (N * eps**2)
-    G, small_d = _gram(Z)
-    M = torch.eye(G.shape[-1], dtype=Z.dtype, device=Z.device) + alpha * G
-    L = torch.linalg.cholesky(M)
-    if small_d:  # Z M^{-1} = (M^{-1} Z^T)^T, M symmetric: (..., N, d)
-        return alpha * torch.cholesky_solve(Z.mT, L).mT
-    return alpha * torch.cholesky_solve(Z, L)  # (..., N, d)
+    X = _work(Z)
+    G, small_d = _gram(X)  # (..., n, n), n = min(N, d)
+    n = G.shape[-1]
+    eye = torch.eye(n, dtype=X.dtype, device=X.device)
+    L, info = torch.linalg.cholesky_ex(eye + alpha * G)
+    B = X.mT if small_d else X  # (..., n, m): right-hand sides
+    if bool((info != 0).any()):
+        F = X if small_d else X.mT  # (..., m, n): the factor with G = F^T F
+        S = torch.cat([eye.expand(*X.shape[:-2], n, n), alpha**0.5 * F], dim=-2)  # (..., n + m, n)
+        R = torch.linalg.qr(S, mode="reduced").R  # (..., n, n): R^T R = I + alpha G
+        Y = torch.cholesky_solve(B, R, upper=True)  # (..., n, m)
+    else:
+        Y = torch.cholesky_solve(B, L)  # (..., n, m)
+    out = alpha * (Y.mT if small_d else Y)  # (..., N, d): Z M^{-1} = (M^{-1} Z^T)^T, M symmetric
+    return out.to(device=Z.device, dtype=Z.dtype)
 
 
 def _memberships(labels: object, N: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Hard labels (N,) or soft memberships (N, K) -> membership matrix Pi (N, K)."""
+    """Hard labels (N,) or soft memberships (N, K) -> membership matrix Pi (N, K).
+
+    Unbatched form, used by :mod:`crate_lite.mcr2`; see :func:`_batched_memberships`.
+    """
+    if isinstance(labels, torch.Tensor) and labels.ndim not in (1, 2):
+        raise ValueError(f"labels: expected shape (N,) or (N, K), got {tuple(labels.shape)}")
+    return _batched_memberships(labels, N, ()).to(dtype=dtype, device=device)
+
+
+def _batched_memberships(labels: object, N: int, batch: tuple[int, ...]) -> torch.Tensor:
+    """Validate ``labels`` and return float64 memberships Pi (..., N, K).
+
+    Integer ``labels`` (..., N) are class indices (one-hot encoded); floating ``labels``
+    (..., N, K) are soft memberships, entries >= 0, each row summing to 1. Leading
+    dimensions, if any, must broadcast to ``Z``'s batch shape ``batch`` (never enlarge it).
+    """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
-    if labels.ndim == 1:
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"labels: expected an integer tensor of shape (N,), got dtype {labels.dtype}")
-        if labels.shape[0] != N:
-            raise ValueError(f"labels: expected length N={N} (rows of Z), got {labels.shape[0]}")
-        if N and int(labels.min()) < 0:
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"labels: expected integer (..., N) or floating (..., N, K), got dtype {labels.dtype}")
+    soft = labels.is_floating_point()
+    lead = labels.shape[:-2] if soft else labels.shape[:-1]
+    if labels.ndim < (2 if soft else 1):
+        want = "(N, K) soft memberships" if soft else "(N,) integer labels"
+        raise ValueError(f"labels: expected {want}, got shape {tuple(labels.shape)}")
+    rows = labels.shape[-2] if soft else labels.shape[-1]
+    if rows != N:
+        want = f"(N={N}, K)" if soft else f"(N={N},)"
+        raise ValueError(f"labels: expected shape {want} with N = rows of Z, got {tuple(labels.shape)}")
+    try:
+        ok = torch.broadcast_shapes(tuple(lead), batch) == torch.Size(batch)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"labels: leading dimensions {tuple(lead)} do not broadcast to Z's batch shape {batch}"
+        )
+    if not soft:
+        if labels.numel() and int(labels.min()) < 0:
             raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-        K = int(labels.max()) + 1 if N else 0
-        return torch.nn.functional.one_hot(labels.long(), K).to(dtype=dtype, device=device)
-    if labels.ndim == 2:
-        if not labels.is_floating_point():
-            raise TypeError(f"labels: soft memberships (N, K) must be floating point, got {labels.dtype}")
-        if labels.shape[0] != N:
-            raise ValueError(f"labels: expected shape (N={N}, K), got {tuple(labels.shape)}")
-        if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()):
-            raise ValueError("labels: soft memberships must be finite and >= 0")
-        row = labels.sum(1)
-        if not torch.allclose(row, torch.ones_like(row), atol=1e-4):
-            worst = float((row - 1).abs().max())
-            raise ValueError(f"labels: rows of soft memberships must sum to 1 (max deviation {worst:.3g})")
-        return labels.to(dtype=dtype, device=device)
-    raise ValueError(f"labels: expected shape (N,) or (N, K), got {tuple(labels.shape)}")
+        K = int(labels.max()) + 1 if labels.numel() else 0
+        return torch.nn.functional.one_hot(labels.long(), K).to(torch.float64)  # (..., N, K)
+    if labels.shape[-1] < 1:
+        raise ValueError(f"labels: expected at least one class (K >= 1), got shape {tuple(labels.shape)}")
+    if not bool(torch.isfinite(labels).all()):
+        raise ValueError("labels: expected finite soft memberships, got NaN or inf")
+    if bool((labels < 0).any()):
+        raise ValueError(f"labels: expected soft memberships >= 0, got minimum {float(labels.min()):.3g}")
+    tol = max(1e-5, 8 * torch.finfo(labels.dtype).eps)
+    dev = float((labels.to(torch.float64).sum(-1) - 1).abs().max())
+    if dev > tol:
+        raise ValueError(f"labels: expected rows of soft memberships summing to 1 (tolerance {tol:g}), "
+                         f"got a row off by {dev:.3g}")
+    return labels.to(torch.float64)
 
 
 def class_coding_rate(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
     """R^c_eps(Z | Pi) = sum_k N_k/(2N) logdet(I + d/(N_k eps^2) Z_k^T Z_k). Chapter 03, eq. (3.2).
 
-    ``Z`` (..., N, d); ``labels`` integer (N,) or soft memberships Pi (N, K) with rows
-    summing to 1 (then N_k = sum_i Pi_ik and Z_k^T Z_k = Z^T diag(Pi_k) Z). Empty classes
-    contribute 0. Returns shape (...).
+    ``Z`` (..., N, d). ``labels``: integer class indices (N,) (or (..., N)), or soft
+    memberships Pi (N, K) (or (..., N, K)) with entries >= 0 and rows summing to 1; then
+    N_k = sum_i Pi_ik and Z_k^T Z_k = Z^T diag(Pi_k) Z. Leading dimensions of ``labels``
+    broadcast to Z's. Empty classes contribute 0. Evaluated in float64 with the smaller
+    Gram matrix of each class; returns shape (...) in ``Z``'s dtype.
     """
     Z = _check_z(Z)
-    eps = v.positive("eps", eps)
+    eps = _check_eps(eps)
     N, d = Z.shape[-2:]
-    Pi = _memberships(labels, N, Z.dtype, Z.device)  # (N, K)
-    Nk = Pi.sum(0)  # (K,)
-    keep = Nk > 0
-    Pi, Nk = Pi[:, keep], Nk[keep]
-    # sqrt(pi_ik) z_i for each class: Z_k^T Z_k = W_k^T W_k
-    W = Pi.sqrt().T[:, :, None] * Z.unsqueeze(-3)  # (..., K, N, d)
-    G, _ = _gram(W)  # (..., K, m, m)
-    alpha_k = d / (Nk * eps**2)  # (K,)
-    logdets = logdet_i_plus(alpha_k[:, None, None] * G)  # (..., K)
-    return (Nk / (2 * N) * logdets).sum(-1)
+    batch = tuple(Z.shape[:-2])
+    if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.ndim == 1:
+        _batched_memberships(labels, N, batch)  # validation only
+        X = _work(Z)
+        lab = labels.to(X.device)
+        total = X.new_zeros(batch)
+        for k in torch.unique(lab).tolist():  # hard labels: gather each class, N_k rows
+            idx = (lab == k).nonzero().squeeze(1)
+            Nk = idx.numel()
+            Zk = X.index_select(-2, idx)  # (..., N_k, d)
+            total = total + Nk / N * _half_logdet(Zk, d / (Nk * eps**2))
+        return total.to(device=Z.device, dtype=Z.dtype)
+    Pi = _batched_memberships(labels, N, batch)  # (..., N, K)
+    X = _work(Z)
+    Pi = Pi.to(X.device)
+    Nk = Pi.sum(-2)  # (..., K)
+    Nk_safe = torch.where(Nk > 0, Nk, torch.ones_like(Nk))  # empty class: any alpha, weight 0
+    root = Pi.clamp_min(torch.finfo(torch.float64).tiny).sqrt()  # finite gradient at Pi = 0
+    W = root.mT.unsqueeze(-1) * X.unsqueeze(-3)  # (..., K, N, d): rows sqrt(pi_ik) z_i
+    half = _half_logdet(W, d / (Nk_safe * eps**2))  # (..., K)
+    return (Nk / N * half).sum(-1).to(device=Z.device, dtype=Z.dtype)
 
 
 def rate_reduction(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
@@ -141,23 +281,27 @@ def subspace_coding_rate(Z: torch.Tensor, U: torch.Tensor, eps: float) -> torch.
     """R^c_eps(Z | U_[K]) = 1/2 sum_k logdet(I + p/(N eps^2) (Z U_k)^T (Z U_k)). Chapter 06, eq. (6.2).
 
     ``Z`` (..., N, d) rows are tokens; ``U`` (K, d, p) holds one basis U_k per subspace.
-    Returns shape (...).
+    Evaluated in float64 with the smaller Gram matrix of each Z U_k; returns shape (...)
+    in ``Z``'s dtype.
     """
     Z = _check_z(Z)
     U = v.tensor("U", U, ndim=3)
-    eps = v.positive("eps", eps)
+    eps = _check_eps(eps)
     if U.shape[1] != Z.shape[-1]:
         raise ValueError(f"U: expected shape (K, d={Z.shape[-1]}, p) to match Z, got {tuple(U.shape)}")
+    if U.shape[0] < 1 or U.shape[2] < 1:
+        raise ValueError(f"U: expected shape (K, d, p) with K >= 1 and p >= 1, got {tuple(U.shape)}")
     N = Z.shape[-2]
     p = U.shape[-1]
-    V = Z.unsqueeze(-3) @ U.to(Z.dtype)  # (..., K, N, p): V_k = Z U_k
-    G, _ = _gram(V)
-    return 0.5 * logdet_i_plus(p / (N * eps**2) * G).sum(-1)
+    X = _work(Z)
+    V = X.unsqueeze(-3) @ U.to(device=X.device, dtype=X.dtype)  # (..., K, N, p): V_k = Z U_k
+    return _half_logdet(V, p / (N * eps**2)).sum(-1).to(device=Z.device, dtype=Z.dtype)
 
 
 def sparse_rate_reduction(Z: torch.Tensor, U: torch.Tensor, eps: float, lambd: float) -> torch.Tensor:
     """R_eps(Z) - R^c_eps(Z | U_[K]) - lambd ||Z||_1, the l1-relaxed sparse rate reduction
     objective of chapter 06, eq. (6.1). ``||Z||_1`` sums over the last two dimensions.
     Returns shape (...)."""
+    Z = _check_z(Z)
     lambd = v.positive("lambd", lambd, allow_zero=True)
     return coding_rate(Z, eps) - subspace_coding_rate(Z, U, eps) - lambd * Z.abs().sum((-2, -1))

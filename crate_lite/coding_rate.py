@@ -155,27 +155,30 @@ def coding_rate_grad(Z: torch.Tensor, eps: float) -> torch.Tensor:
 
     Rows as samples: dR/dZ = alpha Z (I_d + alpha Z^T Z)^{-1} = alpha (I_N + alpha Z Z^T)^{-1} Z
     (the factor 1/2 cancels against the 2 from differentiating Z Z^T); the smaller of the
-    two systems is solved, in float64, through a Cholesky factor (or the QR factor of
-    [I; sqrt(alpha) Z] if Cholesky fails). Returned in ``Z``'s dtype.
+    two systems is solved in float64 through a Cholesky factor (or, if Cholesky fails,
+    the R factor of the QR of [I; sqrt(alpha) X], since R^T R = I + alpha X^T X).
+    Returned in ``Z``'s dtype. For a rank-deficient Z with huge entries the gradient
+    itself is ill conditioned (its null-space part is alpha times singular values at
+    rounding level), so no evaluation is accurate to more than about cond * u there.
     """
     Z = _check_z(Z)
     eps = _check_eps(eps)
     N, d = Z.shape[-2:]
     alpha = d / (N * eps**2)
     X = _work(Z)
-    G, small_d = _gram(X)  # (..., n, n), n = min(N, d)
-    n = G.shape[-1]
+    small_d = d <= N
+    F = X if small_d else X.mT  # (..., m, n), n = min(N, d): the factor, Gram F^T F
+    n = F.shape[-1]
     eye = torch.eye(n, dtype=X.dtype, device=X.device)
-    L, info = torch.linalg.cholesky_ex(eye + alpha * G)
-    B = X.mT if small_d else X  # (..., n, m): right-hand sides
+    L, info = torch.linalg.cholesky_ex(eye + alpha * (F.mT @ F))  # (..., n, n)
     if bool((info != 0).any()):
-        F = X if small_d else X.mT  # (..., m, n): the factor with G = F^T F
-        S = torch.cat([eye.expand(*X.shape[:-2], n, n), alpha**0.5 * F], dim=-2)  # (..., n + m, n)
-        R = torch.linalg.qr(S, mode="reduced").R  # (..., n, n): R^T R = I + alpha G
-        Y = torch.cholesky_solve(B, R, upper=True)  # (..., n, m)
+        S = torch.cat([eye.expand(*F.shape[:-2], n, n), alpha**0.5 * F], dim=-2)  # (..., n + m, n)
+        R = torch.linalg.qr(S, mode="reduced").R  # (..., n, n): R^T R = I + alpha F^T F
+        Y = torch.cholesky_solve(F.mT, R, upper=True)  # (..., n, m)
     else:
-        Y = torch.cholesky_solve(B, L)  # (..., n, m)
-    out = alpha * (Y.mT if small_d else Y)  # (..., N, d): Z M^{-1} = (M^{-1} Z^T)^T, M symmetric
+        Y = torch.cholesky_solve(F.mT, L)  # (..., n, m): M^{-1} F^T
+    gF = alpha * Y.mT  # (..., m, n): F M^{-1} = (M^{-1} F^T)^T, M symmetric
+    out = gF if small_d else gF.mT  # (..., N, d)
     return out.to(device=Z.device, dtype=Z.dtype)
 
 
@@ -227,9 +230,9 @@ def _batched_memberships(labels: object, N: int, batch: tuple[int, ...]) -> torc
     if not bool(torch.isfinite(labels).all()):
         raise ValueError("labels: expected finite soft memberships, got NaN or inf")
     if bool((labels < 0).any()):
-        raise ValueError(f"labels: expected soft memberships >= 0, got minimum {float(labels.min()):.3g}")
+        raise ValueError(f"labels: expected soft memberships >= 0, got minimum {float(labels.detach().min()):.3g}")
     tol = max(1e-5, 8 * torch.finfo(labels.dtype).eps)
-    dev = float((labels.to(torch.float64).sum(-1) - 1).abs().max())
+    dev = float((labels.detach().to(torch.float64).sum(-1) - 1).abs().max())
     if dev > tol:
         raise ValueError(f"labels: expected rows of soft memberships summing to 1 (tolerance {tol:g}), "
                          f"got a row off by {dev:.3g}")

@@ -52,16 +52,23 @@ def subspace_iteration(C: torch.Tensor, k: int, n_iter: int = 100, *, seed: int 
 def principal_angles(A: torch.Tensor, B: torch.Tensor, *, degrees: bool = False) -> torch.Tensor:
     """Principal angles between span(A) and span(B), A (d, p), B (d, q); ascending, min(p, q) of them.
 
-    cos theta_i are the singular values of Q_A^T Q_B with Q_A, Q_B orthonormal bases.
+    With orthonormal bases Q_A, Q_B, cos theta_i are the singular values of Q_A^T Q_B and
+    sin theta_i those of Q_B - Q_A Q_A^T Q_B (for q <= p). Small angles come from the sines,
+    large ones from the cosines, so both are accurate to rounding (arccos alone loses half
+    the digits near 0).
     """
     A = v.tensor("A", A, ndim=2)
     B = v.tensor("B", B, ndim=2)
     if A.shape[0] != B.shape[0]:
         raise ValueError(f"B: expected {A.shape[0]} rows to match A, got shape {tuple(B.shape)}")
-    QA, _ = torch.linalg.qr(A)
-    QB, _ = torch.linalg.qr(B)
-    cos = torch.linalg.svdvals(QA.mT @ QB).clamp(-1.0, 1.0)  # descending cosines
-    angles = torch.arccos(cos)
+    if B.shape[1] > A.shape[1]:
+        A, B = B, A
+    QA, _ = torch.linalg.qr(A)  # (d, p)
+    QB, _ = torch.linalg.qr(B)  # (d, q), q <= p
+    M = QA.mT @ QB  # (p, q)
+    cos = torch.linalg.svdvals(M).clamp(0.0, 1.0)  # descending
+    sin = torch.linalg.svdvals(QB - QA @ M).clamp(0.0, 1.0).flip(0)  # ascending
+    angles = torch.where(cos**2 > 0.5, torch.arcsin(sin), torch.arccos(cos))
     return angles * (180.0 / math.pi) if degrees else angles
 
 

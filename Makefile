@@ -1,0 +1,76 @@
+# Two commands do everything (README.md):  make lab   |   make test
+# Set-up is idempotent: the venv is (re)installed only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# CPU build of PyTorch unless a CUDA driver is present (README: "GPU set-up").
+TORCH      ?= torch==2.13.0
+TORCH_INDEX ?= $(shell if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then echo https://download.pytorch.org/whl/cpu; fi)
+CHAPTERS   := $(sort $(wildcard chapters/[0-9][0-9]_*.py))
+NOTEBOOKS  := $(CHAPTERS:.py=.ipynb)
+CELL_TIMEOUT ?= 300
+export CRATE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
+
+.PHONY: setup lab test test-unit test-notebooks nb notebooks course student results clean help
+
+help:
+	@echo "make lab      set up (first time) and open JupyterLab on chapters/"
+	@echo "make test     set up (first time), run unit tests and every chapter (smoke profile)"
+	@echo "make course   run every chapter (default profile) into build/, with HTML"
+	@echo "make student  write student versions into build/student/"
+	@echo "make nb CH=02_coding_rate   run one chapter under nbval (smoke profile)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || \
+	  $(BIN)/pip install --retries 1 --timeout 20 "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/pip install -e .
+	@touch $@
+
+lab: $(STAMP) notebooks-config
+	cd chapters && ../$(BIN)/jupyter lab --ServerApp.root_dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+.PHONY: notebooks-config
+notebooks-config: $(STAMP)
+	@# open .py chapters as notebooks by default (jupytext's default viewer)
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
+
+chapters/%.ipynb: chapters/%.py $(STAMP)
+	@$(BIN)/jupytext --quiet --to ipynb $< -o $@
+
+notebooks: $(NOTEBOOKS)
+
+test: test-unit test-notebooks
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+test-notebooks: $(STAMP) $(NOTEBOOKS)
+	CRATE_PROFILE=smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
+
+nb: $(STAMP) chapters/$(CH).ipynb
+	CRATE_PROFILE=smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=$(CELL_TIMEOUT) chapters/$(CH).ipynb
+
+course: $(STAMP) $(NOTEBOOKS)
+	@mkdir -p build/course
+	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
+	  --output-dir build/course $(NOTEBOOKS)
+	$(BIN)/jupyter nbconvert --to html --output-dir build/course build/course/*.ipynb
+	$(BIN)/python -m crate_lite.results
+
+student: $(STAMP)
+	$(BIN)/python -m crate_lite.classroom student $(CHAPTERS) --out build/student
+
+results: $(STAMP)
+	$(BIN)/python -m crate_lite.results
+
+clean:
+	rm -rf build chapters/*.ipynb .pytest_cache

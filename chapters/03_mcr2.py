@@ -139,7 +139,7 @@ rec.log("Delta R(cZ*) at c=1e4 (unnormalized)", float(dr_scaled[-1]), unit="nats
 # %%
 Zfree = torch.nn.functional.normalize(torch.randn(3 * n_per, 3, generator=g, dtype=torch.float64), dim=1)
 free_hist, free_norm = [], []
-for _ in range(profiles.pick(smoke=300, cpu=1000)):
+for _ in range(profiles.pick(smoke=200, cpu=1000)):
     Zfree = Zfree + 0.03 * Zfree.shape[0] * mcr2.rate_reduction_grad(Zfree, y3, eps3)
     free_hist.append(float(rate_reduction(Zfree, y3, eps3)))
     free_norm.append(float(Zfree.norm(dim=1).mean()))
@@ -322,8 +322,10 @@ plt.show()
 # accuracy.
 #
 # Data: scikit-learn's 8x8 digits (1797 images, 10 classes), a stratified 70/30 split.
-# Following the MCR$^2$ paper we use $\epsilon^2 = 0.5$, feature dimension $d = 32$ and
-# $k = 3$ directions per class ($\approx d/K$).
+# We use $\epsilon^2 = 0.5$, the value of the MCR$^2$ paper's supervised CIFAR-10 runs
+# (its official code passes `--eps 0.5`, and that code's `eps` is $\epsilon^2$: it
+# scales by $d/(m\,\mathrm{eps})$), so `eps = sqrt(0.5)` in `crate_lite`. Feature
+# dimension $d = 32$, and $k = 3$ directions per class ($\approx d/K$), fixed in advance.
 
 # %%
 X, yd = load_digits()
@@ -343,19 +345,21 @@ STEPS = profiles.pick(smoke=60, cpu=600)
 BATCH = 512
 
 # %%
-def train(model: torch.nn.Module, loss_fn, steps: int, seed: int = 0) -> list[float]:
-    """Adam on random mini-batches of the training digits; returns the loss per step."""
+def train(model: torch.nn.Module, loss_fn, steps: int, labels: torch.Tensor | None = None, seed: int = 0) -> list[float]:
+    """Adam on random mini-batches of the training digits (with ``labels``, default the
+    clean ``ytr``); returns the loss per step."""
+    labels = ytr if labels is None else labels
     opt_ = torch.optim.Adam(model.parameters(), lr=1e-3)
     gb = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(Xtr), (BATCH,), generator=gb)
-        loss = loss_fn(model(Xtr[idx]), ytr[idx])
+        loss = loss_fn(model(Xtr[idx]), labels[idx])
         opt_.zero_grad()
         loss.backward()
         opt_.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return losses
 
@@ -389,11 +393,12 @@ print(f"CE network's own softmax accuracy: {acc_softmax:.4f}")
 # %% [markdown]
 # The asserted bound depends on the profile: `cpu` trains 600 steps and must reach 95%
 # nearest-subspace accuracy on the held-out digits; `smoke` trains only 60 steps and
-# asserts a looser 90%. Both also require that training raised $\Delta R$ on the held-out
-# features well above the untrained network's.
+# asserts a looser 93% (the untrained network already scores about 90%, measured above).
+# Both also require that training raised $\Delta R$ on the held-out features well above
+# the untrained network's, and above the cross-entropy features'.
 
 # %%
-bound = profiles.pick(smoke=0.90, cpu=0.95)
+bound = profiles.pick(smoke=0.93, cpu=0.95)
 assert acc["MCR2"] >= bound, f"MCR2 nearest-subspace accuracy {acc['MCR2']:.4f} < {bound}"
 assert dr_test["MCR2"] > dr_test["untrained"] + 3.0, "training did not raise Delta R on held-out digits"
 assert dr_test["MCR2"] > dr_test["CE"], "MCR2 features should have a larger Delta R than CE features"
@@ -426,7 +431,7 @@ rec.log("CE mean principal angle between classes", float(ang_c.mean()), unit="de
 fig, ax = plot.subplots(1, 2, width=8.4, sharey=True)
 for a, S, name in ((ax[0], S_m, "MCR$^2$"), (ax[1], S_c, "cross-entropy")):
     for c in range(10):
-        a.plot(range(1, FEAT + 1), S[c], marker=".", lw=1, label=str(c))
+        a.plot(range(1, FEAT + 1), S[c], marker=".", lw=1, color=plt.cm.tab10(c), label=str(c))
     a.set(xlabel="index", title=f"{name}: singular values per class", yscale="log")
 ax[0].set_ylabel("singular value (test features)")
 ax[1].legend(ncol=2, title="digit", fontsize=7)
@@ -451,6 +456,49 @@ plt.show()
 # less orthogonal: cross-entropy only needs the classes to be linearly separable, not
 # orthogonal. Both networks classify the held-out digits well; MCR$^2$ additionally
 # produces a *structured* representation, which is what the later chapters build on.
+
+# %% [markdown]
+# ## 3.6 (Optional) Label noise
+#
+# A fraction $p$ of the training labels is replaced by a uniformly random *different*
+# class; both networks are retrained on the corrupted labels, the nearest-subspace rule is
+# fitted with the corrupted labels too (a user would not know the clean ones), and all
+# accuracies are measured against the clean held-out labels. The MCR$^2$ paper reports
+# that rate-reduction features degrade more gracefully than cross-entropy on CIFAR-10;
+# here we only measure, on digits, with a short training run, and assert nothing about
+# which wins. The `smoke` profile runs one noise level with 30 steps; `cpu` runs three.
+
+# %%
+def corrupt(labels: torch.Tensor, frac: float, n_classes: int = 10, seed: int = 0) -> torch.Tensor:
+    """Replace round(frac N) labels, chosen at random, by a random different class."""
+    gen = torch.Generator().manual_seed(seed)
+    flip = torch.randperm(len(labels), generator=gen)[: round(frac * len(labels))]
+    out = labels.clone()
+    out[flip] = (out[flip] + torch.randint(1, n_classes, (len(flip),), generator=gen)) % n_classes
+    return out
+
+
+NOISE = profiles.pick(smoke=(0.3,), cpu=(0.1, 0.2, 0.4))
+NOISE_STEPS = profiles.pick(smoke=30, cpu=STEPS)
+noise_rows = []
+for p in NOISE:
+    y_noisy = corrupt(ytr, p)
+    checks.cmp(f"fraction of flipped labels (p={p})", (y_noisy != ytr).double().mean(), torch.tensor(p, dtype=torch.float64), atol=1 / len(ytr))
+    torch.manual_seed(0)
+    fm = mcr2.FeatureMLP(64, HIDDEN, FEAT)
+    train(fm, lambda z, t: mcr2.mcr2_loss(z, t, EPS_D), NOISE_STEPS, labels=y_noisy)
+    torch.manual_seed(0)
+    fc = torch.nn.Sequential(mcr2.FeatureMLP(64, HIDDEN, FEAT, normalize=False), torch.nn.Linear(FEAT, 10))
+    train(fc, torch.nn.functional.cross_entropy, NOISE_STEPS, labels=y_noisy)
+    with torch.no_grad():
+        acc_m = NearestSubspace(K_SUB).fit(fm(Xtr), y_noisy).score(fm(Xte), yte)
+        acc_c = float((fc(Xte).argmax(1) == yte).float().mean())
+    noise_rows.append((p, acc_m, acc_c))
+    rec.log(f"label noise {p}: MCR2 nearest-subspace accuracy", acc_m, data=data_d, note=f"{NOISE_STEPS} steps, clean test labels")
+    rec.log(f"label noise {p}: CE softmax accuracy", acc_c, data=data_d, note=f"{NOISE_STEPS} steps, clean test labels")
+print(" noise | MCR2 nearest subspace | CE softmax")
+for p, am, ac in noise_rows:
+    print(f"{p:6.1f} | {am:21.4f} | {ac:.4f}")
 
 # %% [markdown]
 # ## Summary
@@ -586,17 +634,19 @@ checks.cmp("hidden 3.3: unit rows", _Zn.norm(dim=1), torch.ones(30, dtype=torch.
 
 # %% [markdown]
 # ### Exercise 3.5 (explore)
-# Label noise: flip a fraction (10%, 20%, 40%) of the training labels of the digits to
-# random classes, retrain the MCR$^2$ and the cross-entropy networks of section 3.5, and
-# compare held-out nearest-subspace accuracy. Which degrades more gracefully? Does the
-# singular value spectrum of the MCR$^2$ features change?
+# In section 3.5 the feature dimension ($d = 32$) and the subspace dimension of the
+# nearest-subspace rule ($k = 3$) were fixed in advance. Vary $k$ from 1 to 8 for both
+# networks, then retrain with $d = 16$ and $d = 64$. Relate the best $k$ to the per-class
+# singular value spectra. Why can $k$ be too large even on the training set?
 
 # %% [markdown] tags=["solution"]
-# **Guidance.** Replace `ytr` by a corrupted copy inside `train` (keep the clean `yte`), and
-# fit `NearestSubspace` on the corrupted training labels too, since a real user would
-# not know the clean ones. The MCR$^2$ paper reports that rate-reduction features are
-# more robust to label noise than cross-entropy ones on CIFAR-10; measure whether that
-# holds here before claiming it.
+# **Guidance.** Loop over `NearestSubspace(k).fit(Zm_tr, ytr).score(Zm_te, yte)` for both
+# feature sets. A useful $k$ is about the number of "large" singular values per class in
+# the spectra figure; beyond it, each class subspace starts to include directions that are
+# noise for that class and, with $K k$ approaching $d$, also directions that other classes
+# use, so residuals stop separating the classes. Cross-entropy features concentrate most
+# of a class on one direction, so small $k$ suits them; MCR$^2$ spreads a class over
+# several directions. Measure before concluding: the answer depends on $d$ and $\epsilon$.
 
 # %% [markdown]
 # ## References

@@ -56,7 +56,7 @@ def _threads_for(work: int) -> Iterator[None]:
 def _check_labels(labels: object, N: int) -> torch.Tensor:
     """Integer labels (N,) with every class 0..K-1 present."""
     labels = v.tensor("labels", labels, ndim=1, floating=False)
-    if labels.dtype == torch.bool:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels: expected an integer tensor of shape (N,), got dtype {labels.dtype}")
     if labels.shape[0] != N:
         raise ValueError(f"labels: expected length N={N} (rows of Z), got {labels.shape[0]}")
@@ -187,7 +187,7 @@ def layer(
 def _one_hot(labels: object, N: int, K: int, dtype: torch.dtype) -> torch.Tensor:
     """Integer labels (N,) in 0..K-1 -> one-hot memberships (N, K)."""
     labels = v.tensor("labels", labels, ndim=1, floating=False)
-    if labels.dtype == torch.bool:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels: expected an integer tensor of shape (N,), got dtype {labels.dtype}")
     if labels.shape[0] != N:
         raise ValueError(f"labels: expected length {N} (rows of Z), got {labels.shape[0]}")

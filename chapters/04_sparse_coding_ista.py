@@ -11,7 +11,8 @@
 # - recognise one non-negative ISTA step as the sparsification block of CRATE.
 #
 # **Prerequisites:** chapter 01 (least squares, SVD). **Expected run time** (2-core CPU
-# shared with other jobs, measured): smoke about 30 s, cpu about 3 min.
+# shared with other jobs at load ~9, measured 2026-11-29):
+# smoke 45 s, cpu about 4 min (LISTA training dominates).
 
 # %%
 import math
@@ -361,13 +362,13 @@ plt.show()
 # So far $A$ was given. Dictionary learning fits it to data: for patches $x_1..x_N$
 # $$
 # \min_{D,\ Z}\ \frac1N\sum_{i=1}^N \tfrac12\|x_i - D z_i\|^2 + \lambda\|z_i\|_1
-# \quad\text{s.t. } \|d_j\|_2 \le 1 . \tag{4.13}
+# \quad\text{s.t. } \|d_j\|_2 \le 1 . \tag{4.12}
 # $$
 # (the norm constraint stops $D$ growing while $Z$ shrinks). We alternate: ISTA on $Z$
 # warm-started at the previous codes (non-increasing by 4.7), then block-coordinate descent
 # on the atoms (Mairal et al.): with $\mathbf A = Z^\top Z$ and $B = X^\top Z$, each atom
 # minimised exactly over the unit ball, $d_j \leftarrow u / \max(1, \|u\|)$,
-# $u = d_j + (b_j - D a_j)/\mathbf A_{jj}$. Both halves cannot increase (4.13), so the whole
+# $u = d_j + (b_j - D a_j)/\mathbf A_{jj}$. Both halves cannot increase (4.12), so the whole
 # objective must be non-increasing: our check. Data: 8x8 patches of scikit-learn's
 # `china.jpg` sample photograph (ships with scikit-learn, no download), grayscale, mean
 # of each patch removed.
@@ -384,7 +385,7 @@ n_outer = profiles.pick(smoke=12, cpu=60)
 D_init = P_tr[torch.randperm(n_train, generator=g)[:n_atoms]].T  # (64, n_atoms): random patches as atoms
 D_init = D_init / D_init.norm(dim=0, keepdim=True)
 D, Z5, obj = sparse.dictionary_learning(P_tr, n_atoms, lam5, n_outer, n_ista=20, D0=D_init)
-print("objective (4.13) per outer iteration:", [round(float(o), 4) for o in obj[:4]], "...", round(float(obj[-1]), 4))
+print("objective (4.12) per outer iteration:", [round(float(o), 4) for o in obj[:4]], "...", round(float(obj[-1]), 4))
 assert float((obj[1:] - obj[:-1]).max()) <= 1e-6 * float(obj[0]), "dictionary learning objective increased"
 assert float(D.norm(dim=0).max()) <= 1 + 1e-5
 
@@ -430,7 +431,7 @@ plt.show()
 # (4.6) with step $\eta$ and the non-negative prox (4.4). With the dictionary stored as a
 # `torch.nn.functional.linear` weight $W = D$:
 # $$
-# Z_1 = \operatorname{ReLU}\big(Y + \eta\,(Y W - Y W^\top W) - \eta\lambda\big). \tag{4.12}
+# Z_1 = \operatorname{ReLU}\big(Y + \eta\,(Y W - Y W^\top W) - \eta\lambda\big). \tag{4.13}
 # $$
 # That line is CRATE's sparsification (ISTA) block (chapter 06): the "MLP" of a white-box
 # transformer is one proximal-gradient step on a sparse coding objective. Note the
@@ -444,9 +445,9 @@ B, Ntok, d = 2, 16, 32
 Y = torch.nn.functional.layer_norm(torch.randn(B, Ntok, d, generator=g), (d,))  # (B, N, d) like LN2(Z)
 W = torch.randn(d, d, generator=g) / math.sqrt(d)  # (d, d) F.linear weight
 eta, lam6 = 0.1, 0.1
-Z_crate = torch.relu(Y + eta * (Y @ W - Y @ W.T @ W) - eta * lam6)  # eq. (4.12), (B, N, d)
-checks.cmp("eq. (4.12) vs ista(n_iter=1, Z0=Y, nonneg)", sparse.ista(Y, W, lam6, 1, step=eta, nonneg=True, Z0=Y), Z_crate, atol=1e-6)
-checks.cmp("eq. (4.12) vs sparse.ista_step", sparse.ista_step(Y, Y, W, lam6, eta, nonneg=True), Z_crate, atol=1e-6)
+Z_crate = torch.relu(Y + eta * (Y @ W - Y @ W.T @ W) - eta * lam6)  # eq. (4.13), (B, N, d)
+checks.cmp("eq. (4.13) vs ista(n_iter=1, Z0=Y, nonneg)", sparse.ista(Y, W, lam6, 1, step=eta, nonneg=True, Z0=Y), Z_crate, atol=1e-6)
+checks.cmp("eq. (4.13) vs sparse.ista_step", sparse.ista_step(Y, Y, W, lam6, eta, nonneg=True), Z_crate, atol=1e-6)
 Z_plus = torch.relu(Y + eta * (Y @ W - Y @ W.T @ W) + eta * lam6)
 assert not torch.allclose(Z_plus, Z_crate, atol=1e-3), "the sign of the threshold must matter"
 zeros_in, zeros_out = float((Y == 0).float().mean()), float((Z_crate == 0).float().mean())
@@ -480,7 +481,7 @@ assert sparse.lipschitz_constant(W) * eta <= 1 and bool((F1 <= F0 + 1e-5).all())
 # 4.10) gave a much lower held-out error than $L$ ISTA steps on the data it was trained
 # for. Alternating ISTA with exact atom updates learned a dictionary of image patches
 # that codes held-out patches better than its initialisation. Finally, one non-negative
-# ISTA step started at the input is exactly CRATE's ISTA block (4.12): chapter 06 builds on it.
+# ISTA step started at the input is exactly CRATE's ISTA block (4.13): chapter 06 builds on it.
 #
 # ## Exercises
 #
@@ -576,7 +577,7 @@ assert float((Z_r - Z_sk).abs().max()) < 1e-4
 # ### Exercise 4.4 (explore)
 # In CRATE the step $\eta = 0.1$ and threshold $\lambda = 0.1$ are fixed while $W$ is
 # learned. (a) Using (4.7), what must hold for $W$ for the block to be a descent step on
-# the non-negative LASSO? (b) Vary $\lambda$ in (4.12) from 0 to 1 and plot the fraction of
+# the non-negative LASSO? (b) Vary $\lambda$ in (4.13) from 0 to 1 and plot the fraction of
 # zero outputs on the tokens `Y` above. (c) What does LISTA (section 4.4) suggest about
 # learning $\lambda$ per coordinate?
 

@@ -16,7 +16,7 @@ so the model X ~ Z A^T. For every row x of ``X`` the LASSO problem is
 
 One non-negative ISTA step started at Z = X with a square dictionary is the CRATE
 sparsification block ReLU(Y + eta (Y W - Y W^T W) - eta lam) (COURSE.md section 11,
-chapter 04 eq. 4.12, chapter 06): see :func:`ista_step`.
+chapter 04 eq. 4.13, chapter 06): see :func:`ista_step`.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def ista_step(
     With ``Z = X`` (warm start at the input), a square ``A = W`` (d, d) stored as a
     ``torch.nn.functional.linear`` weight, ``step = eta`` and ``nonneg=True`` this is
     exactly the CRATE sparsification block ReLU(Y + eta (Y W - Y W^T W) - eta lam)
-    (chapter 04, eq. 4.12; chapter 06). ``validate=False`` skips the argument checks
+    (chapter 04, eq. 4.13; chapter 06). ``validate=False`` skips the argument checks
     (they synchronise a GPU) inside training loops. ``step <= 1/||A||_2^2`` guarantees
     that the objective does not increase; the step itself does not require it.
     """
@@ -317,7 +317,7 @@ class LISTA(nn.Module):
 
 # ----------------------------------------------------------------------------- dictionary learning
 def dictionary_update(X: torch.Tensor, Z: torch.Tensor, D: torch.Tensor, *, n_sweeps: int = 1) -> torch.Tensor:
-    """Block-coordinate descent on the atoms (Mairal et al. 2009, Algorithm 2). Chapter 04, eq. (4.13).
+    """Block-coordinate descent on the atoms (Mairal et al. 2009, Algorithm 2). Chapter 04, eq. (4.12).
 
     Minimises 1/2 ||X - Z D^T||_F^2 over D (m, n) with ||d_j||_2 <= 1, one atom at a time,
     exactly: d_j <- u / max(1, ||u||) with u = d_j + (b_j - D a_j) / a_jj, where
@@ -352,7 +352,7 @@ def dictionary_learning(
     D0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Alternating minimisation of the dictionary-learning objective. Chapter 04, eq. (4.13):
+    """Alternating minimisation of the dictionary-learning objective. Chapter 04, eq. (4.12):
 
         min_{D, Z} 1/N sum_i [1/2 ||x_i - D z_i||^2 + lam ||z_i||_1],  ||d_j||_2 <= 1.
 

@@ -103,6 +103,24 @@ def test_fista_beats_ista_at_equal_iterations():
     assert float((hf[-1] - Fstar).sum()) < float((hi[-1] - Fstar).sum())
 
 
+def test_fista_recurrence_first_steps():
+    """Four FISTA steps written out with the momentum sequence t_1 = 1,
+    t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2 (Beck & Teboulle), independently of the loop."""
+    X, A, lam = _problem(8, m=20, n=40, N=3)
+    t = 1.0 / S.lipschitz_constant(A)
+    ts = [1.0]
+    for _ in range(4):
+        ts.append((1 + (1 + 4 * ts[-1] ** 2) ** 0.5) / 2)
+    assert abs(ts[2] - 2.1935) < 1e-3  # t_3 = (1 + sqrt(1 + 4 t_2^2)) / 2, t_2 = golden ratio
+    prev = Z = torch.zeros(3, 40, dtype=torch.float64)
+    Y = Z
+    for k in range(4):
+        Z = S.soft_threshold(Y + t * (X - Y @ A.T) @ A, t * lam)
+        Y = Z + (ts[k] - 1) / ts[k + 1] * (Z - prev)
+        prev = Z
+    torch.testing.assert_close(S.fista(X, A, lam, 4), Z)
+
+
 def test_ista_kkt_conditions():
     X, A, lam = _problem(6)
     Z = S.fista(X, A, lam, 2000)

@@ -51,12 +51,13 @@ test: test-unit test-notebooks
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
+# smoke-profile results go to build/smoke/ so they never overwrite a real run's
 test-notebooks: $(STAMP) $(NOTEBOOKS)
-	CRATE_PROFILE=smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	CRATE_PROFILE=smoke CRATE_BUILD=$(CURDIR)/build/smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
 
 nb: $(STAMP) chapters/$(CH).ipynb
-	CRATE_PROFILE=smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	CRATE_PROFILE=smoke CRATE_BUILD=$(CURDIR)/build/smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=$(CELL_TIMEOUT) chapters/$(CH).ipynb
 
 course: $(STAMP) $(NOTEBOOKS)

@@ -124,8 +124,8 @@ rows = [X[:8]]
 for k_ in ks:
     Uk, _, _ = pca(X, k_)
     rows.append(mu + (X[:8] - mu) @ Uk @ Uk.T)  # (8, d)
-plot.image_grid(torch.cat(rows).view(-1, 8, 8), ncols=8, size=0.9,
-                titles=[""] * 8 * 0 + [f"{t}" for t in ["orig"] * 8 + [f"k={k_}" for k_ in ks for _ in range(8)]])
+labels = [name if i == 0 else "" for name in ["original"] + [f"k={k_}" for k_ in ks] for i in range(8)]
+plot.image_grid(torch.cat(rows).view(-1, 8, 8), ncols=8, size=0.9, titles=labels, vmin=0, vmax=1)
 plt.show()
 
 # %% [markdown]

@@ -46,8 +46,12 @@ def subplots(nrows: int = 1, ncols: int = 1, *, width: float | None = None, heig
     return plt.subplots(nrows, ncols, figsize=(w, h), constrained_layout=True, **kwargs)
 
 
-def image_grid(images, *, ncols: int = 10, titles=None, cmap: str = "gray", size: float = 1.0):
-    """Show a batch of images (N, H, W) or (N, C, H, W), channels-first, in a grid."""
+def image_grid(images, *, ncols: int = 10, titles=None, cmap: str = "gray", size: float = 1.0,
+               vmin: float | None = None, vmax: float | None = None):
+    """Show a batch of images (N, H, W) or (N, C, H, W), channels-first, in a grid.
+
+    Grey images use ``vmin``/``vmax`` when given (one scale for all), else each its own range;
+    colour images are each scaled to [0, 1]."""
     import numpy as np
     import torch
 
@@ -66,7 +70,7 @@ def image_grid(images, *, ncols: int = 10, titles=None, cmap: str = "gray", size
         if i < n:
             img = arr[i]
             lo, hi = float(img.min()), float(img.max())
-            ax.imshow((img - lo) / (hi - lo + 1e-12) if img.ndim == 3 else img, cmap=cmap)
+            ax.imshow((img - lo) / (hi - lo + 1e-12) if img.ndim == 3 else img, cmap=cmap, vmin=vmin, vmax=vmax)
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=8)
     return fig, axes

@@ -8,8 +8,8 @@
 # - predict its value from the singular values of $Z$ and state how it grows with rank and shrinks with $\epsilon$;
 # - derive its gradient $\nabla_Z R = \alpha(I+\alpha ZZ^\top)^{-1}Z$ and check it three ways.
 #
-# **Prerequisites:** chapters 00-01. **Expected run time** (2-core CPU shared with other jobs,
-# measured): smoke about 20 s, cpu about 25 s.
+# **Prerequisites:** chapters 00-01. **Expected run time** (2-core CPU shared with other jobs, load
+# average about 9, under nbval, measured): smoke about 45 s, cpu about 45 s (mostly start-up and imports).
 #
 # The coding rate is the quantity every later chapter optimizes: MCR$^2$ (chapter 03) maximizes
 # the rate of all features minus the rate of each class, ReduNet (05) unrolls its gradient into
@@ -358,13 +358,20 @@ assert caught, "the gradient check accepted a wrong gradient"
 # ## Notes: how fast is `coding_rate`?
 #
 # `benchmarks/coding_rate.py` times `coding_rate` (float32 input, smaller Gram matrix, float64
-# evaluation) against the naive $d\times d$ `slogdet` of eq. (2.3) in float32. Measured on a 2-core
-# AMD EPYC virtual machine shared with other jobs (torch 2.13 CPU, 2 threads, median of 7,
-# 2026-11-29); see `benchmarks/README.md` for the table. At $(N,d)=(64,4096)$ the small Gram matrix
-# wins by well over the 20x the course requires; at $N\ge d$ both use the same $d\times d$ matrix and
-# the naive float32 version is faster, at the price of the accuracy lost in section 2.3.
+# evaluation) against the naive $d\times d$ `slogdet` of eq. (2.3) in float32, on $Z$ with standard
+# normal entries divided by $\sqrt d$, $\epsilon=0.5$. Measured on a 2-core AMD EPYC virtual machine
+# shared with other jobs (load average about 10), torch 2.13 CPU, 1 thread, best / median of 9 runs,
+# 2026-11-29 (`.venv/bin/python benchmarks/coding_rate.py`; details in `benchmarks/README.md`):
 #
-# BENCHMARK_TABLE
+# | N | d | naive $d\times d$, best / median (ms) | `coding_rate`, best / median (ms) | speed-up (best) |
+# |---:|---:|---:|---:|---:|
+# | 64 | 4096 | 3955.0 / 4179.7 | 13.06 / 17.38 | 302.9x |
+# | 4096 | 64 | 0.5 / 0.6 | 2.72 / 10.44 | 0.2x |
+# | 1024 | 1024 | 161.5 / 187.8 | 492.63 / 537.15 | 0.3x |
+#
+# For $N\ll d$ the small Gram matrix wins by far more than the 20x the course asks for. For
+# $N\ge d$ both use the same $d\times d$ matrix and the float32 formula is 3-5x faster: that is
+# the price of evaluating in float64, which buys the accuracy of section 2.3.
 #
 # ## Summary
 #

@@ -58,7 +58,10 @@ def _check_eps(eps: object) -> float:
         eps = eps.item()
     elif isinstance(eps, numbers.Real) and not isinstance(eps, (bool, int, float)):
         eps = float(eps)  # numpy scalars
-    return v.positive("eps", eps)
+    eps = v.positive("eps", eps)
+    if not 1e-150 <= eps <= 1e150:  # eps^2 would underflow to 0 or overflow in float64
+        raise ValueError(f"eps: expected 1e-150 <= eps <= 1e150 so that eps^2 is a normal float, got {eps:g}")
+    return eps
 
 
 def _work(X: torch.Tensor) -> torch.Tensor:

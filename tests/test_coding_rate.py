@@ -329,6 +329,7 @@ FUNCS = {
         (Z0, -0.5, ValueError, r"^eps: expected a finite number > 0, got -0.5"),
         (Z0, float("nan"), ValueError, r"^eps: expected a finite number > 0"),
         (Z0, float("inf"), ValueError, r"^eps: expected a finite number > 0"),
+        (Z0, 1e-200, ValueError, r"^eps: expected 1e-150 <= eps <= 1e150"),
         (Z0, "0.5", TypeError, r"^eps: expected a real number, got str"),
         (Z0, True, TypeError, r"^eps: expected a real number, got bool"),
         (Z0, torch.tensor([0.5, 0.5]), TypeError, r"^eps: expected a real number"),

@@ -9,7 +9,7 @@
 # - derive its gradient $\nabla_Z R = \alpha(I+\alpha ZZ^\top)^{-1}Z$ and check it three ways.
 #
 # **Prerequisites:** chapters 00-01. **Expected run time** (2-core CPU shared with other jobs, load
-# average 3-10, under nbval, measured): smoke 27-45 s, cpu about 41 s (mostly start-up and imports).
+# average 7-10, under nbval, measured): smoke 27-45 s, cpu about 41 s (mostly start-up and imports).
 #
 # The coding rate is the quantity every later chapter optimizes: MCR$^2$ (chapter 03) maximizes
 # the rate of all features minus the rate of each class, ReduNet (05) unrolls its gradient into

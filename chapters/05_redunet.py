@@ -30,8 +30,11 @@
 #
 # | profile | sphere layers | digits layers | time |
 # |---|---|---|---|
-# | smoke | 500 | 30 | ~25 s |
-# | cpu | 2000 | 100 | ~40 s |
+# | smoke | 500 | 30 | ~35 s |
+# | cpu | 2000 | 100 | ~70 s |
+#
+# (nbval wall time on a 2-core machine running other jobs, load average ~9; the
+# 2000-layer sphere construction itself takes ~6 s there, ~2 s of CPU time.)
 
 # %%
 import math
@@ -403,25 +406,25 @@ except AssertionError as err:
 # is lost).
 
 # %%
-def ascend_wrong(Z: torch.Tensor, y: torch.Tensor, n_layers: int, mistake: str) -> torch.Tensor:
-    """Delta R per layer (n_layers + 1,) of a deliberately wrong (5.4)."""
-    Pi = torch.nn.functional.one_hot(y).to(Z.dtype)
-    out = [rate_reduction(Z, y, eps_toy)]
+def ascend_wrong(Z: torch.Tensor, y: torch.Tensor, n_layers: int, mistake: str) -> float:
+    """Delta R of the features after n_layers of a deliberately wrong (5.4)."""
+    Pi = torch.nn.functional.one_hot(y).to(Z.dtype)  # (N, K)
+    a_k = 3 / (torch.bincount(y).to(Z.dtype) * eps_toy**2)  # (K,)
     for _ in range(n_layers):
         E, C, gam = redunet.operators(Z, y, eps_toy)
-        if mistake == "all samples in C_k":  # alpha_k (I + alpha_k Z Z^T)^{-1}: no Pi_k
-            a_k = 3 / (torch.bincount(y).to(Z.dtype) * eps_toy**2)  # (K,)
+        if mistake == "sign of compression":
+            gam = -gam
+        elif mistake == "all samples in C_k":  # alpha_k (I + alpha_k Z Z^T)^{-1}: Pi_k forgotten
             C = a_k[:, None, None] * torch.linalg.inv(torch.eye(3, dtype=Z.dtype) + a_k[:, None, None] * (Z.T @ Z))
-        step, Z = layer_scratch(Z, E, C, -gam if mistake == "sign of compression" else gam, Pi, 0.5)
-        out.append(rate_reduction(Z, y, eps_toy))
-    return torch.stack(out)
+        Z = layer_scratch(Z, E, C, gam, Pi, 0.5)[1]
+    return float(rate_reduction(Z, y, eps_toy))
 
 
 for mistake in ["sign of compression", "all samples in C_k"]:
-    dR_wrong = ascend_wrong(Ztr.to(DT), ytr, 500, mistake)
-    gap_wrong = opt3 - float(dR_wrong[-1])
-    print(f"{mistake:>22}: gap after 500 layers {gap_wrong:.3e}, monotone {bool((dR_wrong.diff() >= 0).all())}")
+    gap_wrong = opt3 - ascend_wrong(Ztr.to(DT), ytr, 500, mistake)
+    print(f"{mistake:>22}: gap after 500 layers {gap_wrong:.3e} (bound 1e-4)")
     assert gap_wrong > 1e-4, f"the 1e-4 bound does not catch: {mistake}"
+
 
 # %% [markdown]
 # ## 5.9 The expansion term at work
@@ -511,8 +514,9 @@ plt.show()
 # whose parameters are all computed forward in closed form. On three Gaussians on $S^2$
 # the rate reduction of the training features rose monotonically to within $10^{-4}$ of
 # the MCR$^2$ optimum, the class means ended orthogonal and held-out points followed
-# their classes; on digits the construction increases $\Delta R$ and the table above says
-# how a nearest-subspace classifier fares on the features. The price: every layer holds
+# their classes. On digits the construction raised $\Delta R$ of the training features
+# about fivefold, and nearest-subspace accuracy on held-out images was 0.964 on the features
+# against 0.936 on raw pixels (cpu profile, 30 images per class; smoke: 0.952 vs 0.939). The price: every layer holds
 # $K+1$ full $d\times d$ operators computed from the whole training set, and hundreds of
 # layers are needed; chapter 06 keeps the idea (a layer is an optimisation step) and makes
 # it cheap with learned subspaces, attention and sparsity.

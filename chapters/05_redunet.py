@@ -516,10 +516,10 @@ plt.show()
 # the MCR$^2$ optimum, the class means ended orthogonal and held-out points followed
 # their classes. On digits the construction raised $\Delta R$ of the training features
 # about fivefold, and nearest-subspace accuracy on held-out images was 0.964 on the features
-# against 0.936 on raw pixels (cpu profile, 30 images per class; smoke: 0.952 vs 0.939). The price: every layer holds
-# $K+1$ full $d\times d$ operators computed from the whole training set, and hundreds of
-# layers are needed; chapter 06 keeps the idea (a layer is an optimisation step) and makes
-# it cheap with learned subspaces, attention and sparsity.
+# against 0.936 on raw pixels (cpu profile, 30 images per class; smoke: 0.952 vs 0.939).
+# The price: every layer holds $K+1$ full $d\times d$ operators computed from the whole
+# training set, and hundreds of layers are needed. Chapter 06 keeps the idea (a layer is
+# an optimisation step) and makes it cheap with learned subspaces, attention and sparsity.
 #
 # ## Exercises
 #

@@ -160,6 +160,16 @@ def _start(X: torch.Tensor, A: torch.Tensor, Z0: torch.Tensor | None) -> torch.T
     return Z0
 
 
+def _single(solver, X, A, lam, n_iter, step, nonneg, Z0, return_history):
+    """Run ``solver`` on one signal X (m,) as a batch of one row; codes (n,), history (n_iter + 1,)."""
+    if Z0 is not None:
+        Z0 = v.tensor("Z0", Z0, ndim=1)[None]  # (1, n)
+    out = solver(X[None], A, lam, n_iter, step, nonneg, Z0=Z0, return_history=return_history)  # X[None]: (1, m)
+    if return_history:
+        return out[0][0], out[1][:, 0]  # (n,), (n_iter + 1,)
+    return out[0]  # (n,)
+
+
 def ista(
     X: torch.Tensor,
     A: torch.Tensor,
@@ -177,8 +187,11 @@ def ista(
     iterations of step ``step`` (default 1/||A||_2^2, eq. 4.5), codes z >= 0 when ``nonneg``,
     started at ``Z0`` (..., N, n) (default zeros). Returns ``Z`` (..., N, n); with
     ``return_history`` also the objective of every row before and after each iteration,
-    shape (n_iter + 1, ..., N) (non-increasing when step <= 1/L, eq. 4.7).
+    shape (n_iter + 1, ..., N) (non-increasing when step <= 1/L, eq. 4.7). A single signal
+    ``X`` of shape (m,) (with ``Z0`` of shape (n,)) gives ``Z`` of shape (n,).
     """
+    if isinstance(X, torch.Tensor) and X.ndim == 1:
+        return _single(ista, X, A, lam, n_iter, step, nonneg, Z0, return_history)
     X, A, Z0 = _check_problem(X, A, Z0, "Z0")
     lam = v.positive("lam", lam, allow_zero=True)
     n_iter = v.integer("n_iter", n_iter, minimum=1)
@@ -209,8 +222,11 @@ def fista(
 
     z_k = prox(y_k + t A^T (x - A y_k)); t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2;
     y_{k+1} = z_k + (t_k - 1)/t_{k+1} (z_k - z_{k-1}). Same arguments and return values as
-    :func:`ista`; the objective history need not be monotone.
+    :func:`ista` (including a single signal of shape (m,)); the objective history need
+    not be monotone.
     """
+    if isinstance(X, torch.Tensor) and X.ndim == 1:
+        return _single(fista, X, A, lam, n_iter, step, nonneg, Z0, return_history)
     X, A, Z0 = _check_problem(X, A, Z0, "Z0")
     lam = v.positive("lam", lam, allow_zero=True)
     n_iter = v.integer("n_iter", n_iter, minimum=1)

@@ -130,6 +130,18 @@ def test_ista_kkt_conditions():
     assert float(C[~on].abs().max()) <= lam + 1e-6
 
 
+@pytest.mark.parametrize("solver", [S.ista, S.fista])
+def test_single_signal(solver):
+    X, A, lam = _problem(9)
+    Z = solver(X[1], A, lam, 50)
+    assert Z.shape == (A.shape[1],)
+    torch.testing.assert_close(Z, solver(X, A, lam, 50)[1])
+    Zh, hist = solver(X[1], A, lam, 5, Z0=Z, return_history=True)
+    assert Zh.shape == Z.shape and hist.shape == (6,)
+    with pytest.raises(ValueError, match=r"A: expected shape \(m=29, n\)"):
+        solver(X[1, :-1], A, lam, 5)
+
+
 def test_ista_batched_and_warm_start():
     X, A, lam = _problem(7)
     Xb = torch.stack([X, 2 * X])  # (2, N, m)
@@ -247,7 +259,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="A: expected 2 dimensions"):
         S.ista(X, A[None], lam, 10)
     with pytest.raises(ValueError, match="X: expected at least 2 dimensions"):
-        S.ista(X[0], A, lam, 10)
+        S.ista_step(torch.zeros(15, dtype=torch.float64), X[0], A, lam, 0.1)
     with pytest.raises(TypeError, match="X: expected a torch.Tensor, got ndarray"):
         S.ista(X.numpy(), A, lam, 10)
     with pytest.raises(ValueError, match="X: expected finite entries"):

@@ -12,7 +12,7 @@
 #
 # **Prerequisites:** chapter 01 (least squares, SVD). **Expected run time** (2-core CPU
 # shared with other jobs at load ~9, measured 2026-11-29):
-# smoke 26-47 s, cpu about 4 min (LISTA training dominates).
+# smoke 26-51 s, cpu about 4 min (LISTA training dominates).
 
 # %%
 import math
@@ -368,11 +368,11 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# LISTA buys its speed by specialising: it is trained for signals drawn like these
-# (same dictionary, same sparsity), and the learned thresholds trade the LASSO's bias
-# for speed. ISTA is a general solver; LISTA is a fast *approximation* of it for one
-# data distribution. That trade (fewer, learned, layers in place of many fixed steps) is
-# the same one CRATE makes.
+# LISTA buys its speed by specialising: it is trained to recover the true codes of
+# signals drawn like these (same dictionary, same sparsity), and nothing says it helps on
+# other signals. ISTA is a general solver of (4.1); LISTA is a fast approximate encoder
+# for one data distribution (here it still stays above the LASSO solution's error).
+# That trade (fewer, learned layers in place of many fixed steps) is the one CRATE makes.
 #
 # ## 4.5 Dictionary learning on image patches
 #
@@ -602,8 +602,9 @@ assert float((Z_r - Z_sk).abs().max()) < 1e-4
 # (a) $\eta \le 1/\|W\|_2^2$, i.e. $\|W\|_2 \le \sqrt{10}$; nothing in training enforces
 # it, so measure $\|W\|_2$ on a trained model (chapter 07). (b) The zero fraction grows
 # monotonically with $\lambda$ (each entry is zeroed once its pre-activation falls below
-# $\eta\lambda$). (c) LISTA's learned per-coordinate thresholds gained several dB per
-# layer; a learned $\lambda$ vector is a cheap extension (one parameter per channel).
+# $\eta\lambda$). (c) LISTA, which learns per-coordinate thresholds together with its
+# weights, gained several dB over ISTA at equal depth; a learned $\lambda$ vector is a
+# cheap extension of the CRATE block (one parameter per channel) worth measuring.
 #
 # ## References
 #

@@ -7,8 +7,8 @@ Rows are samples: ``Z`` has shape (N, d) (``mcr2_loss`` also accepts (..., N, d)
 ``eps = 0.5 ** 0.5`` here.
 
     Delta R(Z | Pi) = R_eps(Z) - R^c_eps(Z | Pi)                                     (3.3)
-    max Delta R  subject to  ||z_i|| = 1 for every sample                           (3.4)
-    grad Delta R = alpha Z E - alpha sum_k diag(pi_k) Z C_k                         (3.5)
+    max Delta R  subject to  ||z_i|| = 1 for every sample                           (3.5)
+    grad Delta R = alpha Z E - alpha sum_k diag(pi_k) Z C_k                         (3.7)
         E = (I + alpha Z^T Z)^{-1},  C_k = (I + alpha_k Z^T diag(pi_k) Z)^{-1},
         alpha = d / (N eps^2),  alpha_k = d / (N_k eps^2)
     optimum, K orthogonal equal-size classes of rank r (K r <= d):
@@ -50,7 +50,7 @@ def mcr2_loss(Z: torch.Tensor, labels: torch.Tensor, eps: float, *, normalize: b
     """The MCR^2 training loss -Delta R(Z | Pi), eq. (3.3), on features ``Z`` (..., N, d).
 
     With ``normalize`` (the default) each row is first scaled to unit norm: the constraint
-    of eq. (3.4). Without it Delta R grows without bound as ``Z`` is scaled up (chapter 03,
+    of eq. (3.5). Without it Delta R grows without bound as ``Z`` is scaled up (chapter 03,
     section "Why normalize"), so minimising this loss would just inflate the features.
     ``labels`` are integer (N,) or soft memberships (N, K) as in
     :func:`crate_lite.coding_rate.class_coding_rate`. Returns shape (...), in nats.
@@ -67,7 +67,7 @@ def mcr2_loss(Z: torch.Tensor, labels: torch.Tensor, eps: float, *, normalize: b
 
 
 def rate_reduction_grad(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
-    """Closed-form gradient of Delta R with respect to ``Z`` (N, d), eq. (3.5). Chapter 03.
+    """Closed-form gradient of Delta R with respect to ``Z`` (N, d), eq. (3.7). Chapter 03.
 
     Rows as samples: grad = alpha Z E - alpha sum_k diag(pi_k) Z C_k, with
     E = (I_d + alpha Z^T Z)^{-1} and C_k = (I_d + alpha_k Z^T diag(pi_k) Z)^{-1}; the weight
@@ -108,7 +108,7 @@ def orthogonal_optimum(n_classes: int, dim: int, eps: float, *, rank: int = 1) -
 def sphere_gradient_ascent(
     Z: torch.Tensor, labels: torch.Tensor, eps: float, *, step: float = 0.03, n_steps: int = 100
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected gradient ascent on Delta R over unit-norm features, eq. (3.7). Chapter 03.
+    """Projected gradient ascent on Delta R over unit-norm features, eq. (3.8). Chapter 03.
 
     z_i <- normalize(z_i + step N grad_i Delta R). The gradient of each sample scales like 1/N
     (alpha = d/(N eps^2)), so the step is given per sample and multiplied by N. ``Z`` (N, d)
@@ -180,7 +180,7 @@ class FeatureMLP(nn.Module):
 
     ``depth`` hidden blocks Linear -> BatchNorm -> ReLU of width ``hidden``, then a Linear
     layer to ``out_dim``; with ``normalize`` the output rows have unit norm (the MCR^2
-    constraint, eq. 3.4). The cross-entropy baseline of chapter 03 uses the same module with
+    constraint, eq. 3.5). The cross-entropy baseline of chapter 03 uses the same module with
     ``normalize=False`` and a linear head on top.
     """
 

@@ -326,7 +326,7 @@ def train_lista(n_layers: int, n_steps: int, batch: int = 256, lr: float = 2e-3)
 
 # %%
 depths = profiles.pick(smoke=[2, 4, 8], cpu=[2, 4, 8, 16])
-n_steps = profiles.pick(smoke=80, cpu=1500)
+n_steps = profiles.pick(smoke=120, cpu=1500)
 nmse_path = []
 n_path = profiles.pick(smoke=300, cpu=2000)
 Zk = torch.zeros(1000, n3)

@@ -104,7 +104,7 @@ def operators(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> tuple[torch.
 
     ``Z`` (N, d) rows are samples; ``labels`` integer (N,) with classes 0..K-1.
     Returns E (d, d), C (K, d, d), gamma (K,). In rows, dR/dZ = Z E and the i-th row of
-    dR^c/dZ is gamma_{y_i} z_i C_{y_i} (chapter 05, eq. 5.3).
+    dR^c/dZ is gamma_{y_i} z_i C_{y_i} (chapter 05, eqs. 5.1-5.2).
     """
     Z = v.tensor("Z", Z, ndim=2)
     eps = v.positive("eps", eps)

@@ -10,7 +10,8 @@
 # - assemble the CRATE layer, reconcile it with the reference code, and count its parameters.
 #
 # **Prerequisites:** chapters 02 (coding rate), 03 (MCR$^2$), 04 (ISTA). **Expected run time**
-# (2-core CPU shared with other jobs, measured): smoke about 25 s, cpu about 30 s.
+# (2-core CPU shared with other jobs at load average about 9, measured): smoke about 35 s, cpu about 70 s
+# (about 10 s and 20 s of CPU time).
 #
 # Chapter 05 built a network by unrolling gradient *ascent* on $\Delta R$, with operators that need
 # the labels. CRATE keeps the unrolling but changes the objective so that each layer needs no labels

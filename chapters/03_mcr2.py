@@ -13,7 +13,13 @@
 #
 # **Prerequisites:** chapters 01 (PCA, principal angles, nearest subspace) and 02 (coding rate).
 #
-# **Expected run time** (2-core CPU shared with other jobs, measured): smoke ~25 s, cpu ~60 s.
+# **Expected run time and results** (measured 2026-11-29 on a 2-core CPU shared with other
+# jobs, load average ~8; held-out set: 539 of scikit-learn's 8x8 digits):
+#
+# | profile | run time | training steps | MCR$^2$ features, nearest subspace | cross-entropy, softmax | asserted |
+# |---|---|---|---|---|---|
+# | `smoke` | 25-35 s | 60 | 98.1% | 98.5% | MCR$^2$ >= 93% |
+# | `cpu` | 3 min | 600 | 99.4% | 98.7% | MCR$^2$ >= 95% |
 
 # %%
 import math

@@ -129,6 +129,12 @@ def test_mnist_split_is_fixed_and_disjoint():
         assert tr[0].shape == (8000, 1, 28, 28) and te[0].shape == (2000, 1, 28, 28)
         tr2, _, _ = load_classification("mnist", seed=0)
         assert torch.equal(tr[1], tr2[1])
+        from crate_lite.data import load_mnist
+
+        X, y = load_mnist("test")
+        union = torch.cat([tr[0], te[0]]).flatten(1)  # (10000, 784): disjoint halves cover the test set
+        assert torch.equal(torch.bincount(torch.cat([tr[1], te[1]])), torch.bincount(y))
+        assert torch.allclose(union.sum(0), X.flatten(1).sum(0), atol=1e-2)
 
 
 # ----------------------------------------------------------------------------- bad input

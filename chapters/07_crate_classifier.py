@@ -313,7 +313,9 @@ checks.cmp("cls row sums to 1", maps[-1].sum((-2, -1)) + self_attn, torch.ones(n
 # The CRATE classifier is chapter 06's layer stacked $L$ times between a patch embedding (7.1) and a linear
 # head (7.3). Per layer it has $3d^2 + 5d$ parameters against a ViT's $12d^2 + 13d$ (7.4), about a quarter.
 # Trained with the same loop, data and step budget as the matched ViT, it reached the accuracy printed in
-# section 7.3 (at least 97 % on MNIST under the `cpu` profile, asserted). Inside the trained model, the
+# section 7.3 (at least 97 % on MNIST under the `cpu` profile, asserted; measured 2026-11-29 on the 8,000 / 2,000
+# split: CRATE 97.90 % with 209,772 parameters, the ViT 97.85 % with 803,692, same 1,000 steps, the ViT
+# about 1.3x slower per image). Inside the trained model, the
 # measured compression term of the tokens in each layer's own subspaces is lower at the last layer than at
 # the first, and the last ISTA output is sparser than the first (7.5, 7.6), both asserted. The curves are
 # not always monotone and part of the fall of $R^c$ is already there at initialisation (token scale), so

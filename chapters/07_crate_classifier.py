@@ -13,7 +13,7 @@
 #
 # **Prerequisites:** chapters 02 (coding rate), 04 (ISTA), 06 (the CRATE layer).
 # **Expected run time** (2-core CPU shared with about 6 other jobs, measured 2026-11-29): smoke
-# about 60 s (one thread); cpu about 13 minutes with one thread on that shared machine (CRATE
+# about 25 s (one thread); cpu about 13 minutes with one thread on that shared machine (CRATE
 # training 332 s, ViT 430 s), much less on 2 unshared cores. The CRATE budget (1,000 steps of 128)
 # is sized to take at most 5 minutes on 2 cores.
 

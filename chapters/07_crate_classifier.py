@@ -152,7 +152,7 @@ tcfg = profiles.pick(
     cpu=train.TrainConfig(steps=1000, batch_size=128, lr=2e-3, warmup_steps=50, eval_every=250, seed=0),
 )
 augment = profiles.pick(smoke=None, cpu=train.random_shift(2))
-print(tcfg)
+print(tcfg)  # the models stay on the CPU in this chapter (TrainConfig(device=...) moves them; chapter 09 uses a GPU)
 
 runs = {}
 for name, net in (("CRATE", model), ("ViT", vit)):

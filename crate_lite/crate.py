@@ -164,6 +164,13 @@ def ista_matrix(D: torch.Tensor, step_size: float) -> torch.Tensor:
     return torch.addmm(D, D.mT, D, alpha=-1.0).mul(step_size).add_(eye)  # (d, d)
 
 
+SDPA_MIN_TOKENS = 32
+"""The fast path uses ``scaled_dot_product_attention`` from this many tokens on; below it,
+an explicit softmax(W W^T / sqrt(p)) W. Measured on a 2-core CPU, 2 threads, forward +
+backward of the attention alone: at N = 17 (config B) the explicit form took 5.4 ms against
+10.9 ms; at N = 65 (config A) 45 ms against 35 ms."""
+
+
 def _check_tokens(name: str, x: object, dim: int) -> torch.Tensor:
     x = v.tensor(name, x, ndim=3, finite=False)
     if x.shape[-1] != dim:
@@ -216,11 +223,12 @@ class MSSA(nn.Module):
         softmax when the attention matrix is wanted). Same output as :meth:`forward_literal`."""
         B, N, _ = y.shape
         w = self.qkv(y).view(B, N, self.heads, self.dim_head).transpose(1, 2)  # (B, K, N, p)
-        if need_attn:
-            a = torch.softmax(w @ w.mT * self.scale, dim=-1)  # (B, K, N, N)
-            o = a @ w  # (B, K, N, p)
+        a = None
+        if need_attn or N < SDPA_MIN_TOKENS:  # short sequences: two matmuls beat the fused kernel
+            attn = torch.softmax(w @ w.mT * self.scale, dim=-1)  # (B, K, N, N)
+            o = attn @ w  # (B, K, N, p)
+            a = attn if need_attn else None
         else:
-            a = None
             o = F.scaled_dot_product_attention(w, w, w, scale=self.scale)  # (B, K, N, p)
         o = o.transpose(1, 2).reshape(B, N, self.heads * self.dim_head)  # (B, N, K p)
         return self._project_out(o), a

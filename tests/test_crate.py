@@ -71,10 +71,12 @@ def test_vit_layer_formula_counts_a_vit_layer():
 
 
 # ----------------------------------------------------------------------------- literal == fast
-@pytest.mark.parametrize("pool", ["cls", "mean"])
-def test_literal_and_fast_paths_agree(pool):
+@pytest.mark.parametrize("pool,image_size", [("cls", 12), ("mean", 12), ("cls", 24)])
+def test_literal_and_fast_paths_agree(pool, image_size):
+    # 10 tokens: explicit softmax branch; 37 tokens: scaled_dot_product_attention branch
     torch.manual_seed(0)
-    cfg = _cfg(pool=pool)
+    cfg = _cfg(pool=pool, image_size=image_size)
+    assert (cfg.num_patches + 1 >= C.SDPA_MIN_TOKENS) == (image_size == 24)
     model = C.CRATE(cfg)
     img = _img(cfg)
     grads = {}

@@ -17,8 +17,9 @@ around the ISTA block: the proximal step is warm-started at its own input.
 Every module has two code paths with the same outputs (to float32 rounding):
 - the *literal* path follows the equations term by term (a loop over the K subspaces,
   the LASSO residual X - X D^T, then the gradient step), for reading next to chapter 06;
-- the *fast* path (default) fuses them: one attention kernel with Q = K = V
-  (``scaled_dot_product_attention``) and the whole ISTA update as one product
+- the *fast* path (default) fuses them: all heads at once with Q = K = V (an explicit
+  softmax for short sequences, ``scaled_dot_product_attention`` from
+  :data:`SDPA_MIN_TOKENS` tokens on) and the whole ISTA update as one product
   X M - eta lambda with M = I + eta (D - D^T D), a d x d matrix formed once per call
   (eq. 6.11). ``benchmarks/throughput.py`` measures the difference.
 
@@ -219,8 +220,9 @@ class MSSA(nn.Module):
         return self._project_out(out), torch.stack(attns, dim=1)  # (B, N, d), (B, K, N, N)
 
     def forward_fast(self, y: torch.Tensor, need_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """All heads at once; Q = K = V through one fused attention kernel (or an explicit
-        softmax when the attention matrix is wanted). Same output as :meth:`forward_literal`."""
+        """All heads at once with Q = K = V: ``scaled_dot_product_attention`` from
+        :data:`SDPA_MIN_TOKENS` tokens on, else (or when the attention matrix is wanted)
+        an explicit softmax. Same output as :meth:`forward_literal`."""
         B, N, _ = y.shape
         w = self.qkv(y).view(B, N, self.heads, self.dim_head).transpose(1, 2)  # (B, K, N, p)
         a = None

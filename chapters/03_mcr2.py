@@ -34,10 +34,9 @@ from crate_lite.data import load_digits
 from crate_lite.pca import NearestSubspace
 from crate_lite.results import Recorder
 
-device = utils.setup(seed=0)
 # Every matrix in this chapter is at most 64 x 64: one thread avoids thread start-up costs
 # that dominate at this size (on a shared 2-core machine we measured ~50x slower with 2).
-torch.set_num_threads(1)
+device = utils.setup(seed=0, threads=1)
 rec = Recorder("03_mcr2")
 print("crate_lite", crate_lite.__version__, "| profile", profiles.current())
 

@@ -28,8 +28,7 @@ import crate_lite
 from crate_lite import checks, plot, profiles, sparse, utils
 from crate_lite.results import Recorder
 
-device = utils.setup(seed=0)
-torch.set_num_threads(1)  # every matrix here is tiny: one thread is faster than two
+device = utils.setup(seed=0, threads=1)  # every matrix here is tiny: one thread is faster than two
 rec = Recorder("04_sparse_coding_ista")
 print("crate_lite", crate_lite.__version__)
 

@@ -50,10 +50,9 @@ from crate_lite.data import gaussians_on_sphere, load_digits
 from crate_lite.pca import NearestSubspace
 from crate_lite.results import Recorder
 
-device = utils.setup(seed=0)
 # Every matrix here is at most 64 x 64: one thread avoids synchronisation costs that
 # dominate at this size (crate_lite.redunet does the same inside fit/transform).
-torch.set_num_threads(1)
+device = utils.setup(seed=0, threads=1)
 rec = Recorder("05_redunet")
 DT = torch.float64  # toys in float64: near the optimum Delta R rises by < 1e-7 per layer,
 # below float32 rounding (a float32 run of section 5.7 reached the optimum but showed dips of 6e-7)

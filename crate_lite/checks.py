@@ -69,7 +69,7 @@ def finite_difference_grad(
 
     (f(x + h e_i) - f(x - h e_i)) / (2 h): error O(h^2), so keep ``x`` small (it loops).
     """
-    x = x.detach().to(torch.float64)
+    x = x.detach().to(torch.float64).clone(memory_format=torch.contiguous_format)
     grad = torch.zeros_like(x)
     flat, gflat = x.view(-1), grad.view(-1)
     for i in range(flat.numel()):

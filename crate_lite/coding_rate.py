@@ -185,10 +185,10 @@ def coding_rate_grad(Z: torch.Tensor, eps: float) -> torch.Tensor:
     return out.to(device=Z.device, dtype=Z.dtype)
 
 
-def _memberships(labels: object, N: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def memberships(labels: object, N: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Hard labels (N,) or soft memberships (N, K) -> membership matrix Pi (N, K).
 
-    Unbatched form, used by :mod:`crate_lite.mcr2`; see :func:`_batched_memberships`.
+    Unbatched form (chapter 03 uses it for the gradient of Delta R); see :func:`_batched_memberships`.
     """
     if isinstance(labels, torch.Tensor) and labels.ndim not in (1, 2):
         raise ValueError(f"labels: expected shape (N,) or (N, K), got {tuple(labels.shape)}")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import _validate as v
-from .coding_rate import _memberships, coding_rate_grad, rate_reduction
+from .coding_rate import coding_rate_grad, memberships, rate_reduction
 from .pca import NearestSubspace, principal_angles
 
 
@@ -77,7 +77,7 @@ def rate_reduction_grad(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> to
     Z = _check_rows("Z", Z)
     eps = v.positive("eps", eps)
     N, d = Z.shape
-    Pi = _memberships(labels, N, Z.dtype, Z.device)  # (N, K)
+    Pi = memberships(labels, N, Z.dtype, Z.device)  # (N, K)
     Nk = Pi.sum(0)  # (K,)
     Pi, Nk = Pi[:, Nk > 0], Nk[Nk > 0]
     alpha = d / (N * eps**2)

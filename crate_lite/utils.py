@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import __version__, profiles
+from . import _validate as _v
 
 
 def seed_everything(seed: int) -> None:
@@ -45,10 +46,16 @@ def environment() -> dict[str, object]:
     }
 
 
-def setup(seed: int = 0) -> torch.device:
-    """The one call of every chapter's setup cell: seed, figure style, report, device."""
+def setup(seed: int = 0, *, threads: int | None = None) -> torch.device:
+    """The one call of every chapter's setup cell: seed, threads, figure style, report, device.
+
+    ``threads`` sets PyTorch's intra-op threads; chapters whose matrices are tiny pass 1
+    (on a 2-core machine a second thread costs more in synchronisation than it saves).
+    """
     from . import plot  # local import: matplotlib is only needed where figures are
 
+    if threads is not None:
+        torch.set_num_threads(_v.integer("threads", threads, minimum=1))
     seed_everything(seed)
     plot.use_style()
     env = environment()

@@ -70,22 +70,27 @@ def _work(X: torch.Tensor) -> torch.Tensor:
     return X.to(device=dev, dtype=torch.float64)
 
 
-def _gram(X: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """The smaller Gram matrix of X (..., N, d): X^T X (d x d) if d <= N else X X^T.
-    Returns it and whether it is the d x d one."""
-    N, d = X.shape[-2:]
-    if d <= N:
-        return X.mT @ X, True  # (..., d, d)
-    return X @ X.mT, False  # (..., N, N)
-
-
-def _logdet_qr(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """logdet(I_n + a X^T X) for X (..., m, n), m >= n, float64, from the QR of
-    S = [I_n; sqrt(a) X] (..., n + m, n): S^T S = I + a X^T X, so |det R| = det(I + a X^T X)^{1/2}."""
+def _stacked_r(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The R factor (..., n, n) of the QR of S = [I_n; sqrt(a) X] (..., n + m, n), eq. (2.5),
+    for X (..., m, n) and a (...) > 0: R^T R = S^T S = I + a X^T X, with no Gram matrix rounded."""
     n = X.shape[-1]
     eye = torch.eye(n, dtype=X.dtype, device=X.device).expand(*X.shape[:-2], n, n)  # (..., n, n)
     S = torch.cat([eye, a.sqrt()[..., None, None] * X], dim=-2)  # (..., n + m, n)
-    R = torch.linalg.qr(S, mode="reduced").R  # (..., n, n)
+    return torch.linalg.qr(S, mode="reduced").R  # (..., n, n); "r" mode has no backward
+
+
+def _gram_too_coarse(X: torch.Tensor, a: torch.Tensor, ld: torch.Tensor) -> torch.Tensor:
+    """Whether the a-priori rounding bound n u tr(A) of A = a X^T X (X (..., m, n)) is not
+    below ``_REL`` of logdet(I + A) = ``ld`` (...): then use the stacked QR (2.5). Shape (...)."""
+    with torch.no_grad():
+        trace = a * X.square().sum((-2, -1))  # tr(A), (...)
+        return X.shape[-1] * _U64 * trace > _REL * ld
+
+
+def _logdet_qr(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """logdet(I_n + a X^T X) for X (..., m, n), m >= n, float64, from the R factor of the
+    stacked matrix (eq. 2.5): |det R| = det(I + a X^T X)^{1/2}. Shape (...)."""
+    R = _stacked_r(X, a)  # (..., n, n)
     return 2.0 * torch.log(torch.diagonal(R, dim1=-2, dim2=-1).abs()).sum(-1)
 
 
@@ -105,9 +110,7 @@ def _half_logdet(X: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
         ld = _logdet_qr(X, a)
     else:
         ld = 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # (...)
-        with torch.no_grad():
-            trace = a * X.square().sum((-2, -1))  # tr(A), (...)
-            need_qr = n * _U64 * trace > _REL * ld
+        need_qr = _gram_too_coarse(X, a, ld)
         if bool(need_qr.any()):
             ld = torch.where(need_qr, _logdet_qr(X, a), ld)
     with torch.no_grad():
@@ -157,31 +160,38 @@ def coding_rate_grad(Z: torch.Tensor, eps: float) -> torch.Tensor:
     """dR_eps/dZ in closed form, same shape as ``Z`` (..., N, d). Chapter 02, eq. (2.7).
 
     Rows as samples: dR/dZ = alpha Z (I_d + alpha Z^T Z)^{-1} = alpha (I_N + alpha Z Z^T)^{-1} Z
-    (the factor 1/2 cancels against the 2 from differentiating Z Z^T); the smaller of the
-    two systems is solved in float64 through a Cholesky factor (or, if Cholesky fails,
-    the R factor of the QR of [I; sqrt(alpha) X], since R^T R = I + alpha X^T X).
-    Returned in ``Z``'s dtype. For a rank-deficient Z with huge entries the gradient
-    itself is ill conditioned (its null-space part is alpha times singular values at
-    rounding level), so no evaluation is accurate to more than about cond * u there.
+    (the factor 1/2 cancels against the 2 from differentiating Z Z^T). With F the taller of
+    Z and Z^T (..., m, n), n = min(N, d), this is alpha F M^{-1} with M = I + alpha F^T F,
+    solved in float64 through a triangular factor of M: the Cholesky factor of the rounded
+    Gram matrix by default, and the R factor of the stacked QR (eq. 2.5, R^T R = M exactly)
+    for the batch elements where the rate's error bound rejects the Gram matrix (huge
+    entries, tiny eps; rank-deficient Z there loses ~cond(M) u to the rounded Gram matrix)
+    or where Cholesky fails. Returned in ``Z``'s dtype. For a float64 Z that is
+    rank-deficient with huge entries the gradient is ill conditioned in its input (its
+    null-space part is alpha times singular values at rounding level), so no evaluation
+    is accurate to more than about alpha ||Z||^2 u there; a float32 Z is exact in float64
+    and its gradient comes out accurate.
     """
     Z = _check_z(Z)
     eps = _check_eps(eps)
     N, d = Z.shape[-2:]
-    alpha = d / (N * eps**2)
     X = _work(Z)
-    small_d = d <= N
-    F = X if small_d else X.mT  # (..., m, n), n = min(N, d): the factor, Gram F^T F
+    F = X if d <= N else X.mT  # (..., m, n), n = min(N, d): the factor, Gram F^T F
     n = F.shape[-1]
+    a = torch.full(F.shape[:-2], d / (N * eps**2), dtype=X.dtype, device=X.device)  # alpha, (...)
     eye = torch.eye(n, dtype=X.dtype, device=X.device)
-    L, info = torch.linalg.cholesky_ex(eye + alpha * (F.mT @ F))  # (..., n, n)
-    if bool((info != 0).any()):
-        S = torch.cat([eye.expand(*F.shape[:-2], n, n), alpha**0.5 * F], dim=-2)  # (..., n + m, n)
-        R = torch.linalg.qr(S, mode="reduced").R  # (..., n, n): R^T R = I + alpha F^T F
-        Y = torch.cholesky_solve(F.mT, R, upper=True)  # (..., n, m)
+    L, info = torch.linalg.cholesky_ex(eye + a[..., None, None] * (F.mT @ F))  # (..., n, n)
+    if bool((info != 0).any()):  # only for astronomically large entries: QR everywhere
+        Y = torch.cholesky_solve(F.mT, _stacked_r(F, a), upper=True)  # (..., n, m): M^{-1} F^T
     else:
         Y = torch.cholesky_solve(F.mT, L)  # (..., n, m): M^{-1} F^T
-    gF = alpha * Y.mT  # (..., m, n): F M^{-1} = (M^{-1} F^T)^T, M symmetric
-    out = gF if small_d else gF.mT  # (..., N, d)
+        ld = 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # logdet M, (...)
+        need_qr = _gram_too_coarse(F, a, ld)
+        if bool(need_qr.any()):
+            Y_qr = torch.cholesky_solve(F.mT, _stacked_r(F, a), upper=True)  # (..., n, m)
+            Y = torch.where(need_qr[..., None, None], Y_qr, Y)
+    gF = a[..., None, None] * Y.mT  # (..., m, n): F M^{-1} = (M^{-1} F^T)^T, M symmetric
+    out = gF if d <= N else gF.mT  # (..., N, d)
     return out.to(device=Z.device, dtype=Z.dtype)
 
 

@@ -249,7 +249,7 @@ assert abs(float(coding_rate(Z @ D, 0.5) - coding_rate(Z, 0.5))) > 0.1
 # predicts $R$ exactly. **Rank.** If $Z$ has rank $r$, unit-norm samples ($\|Z\|_F^2=N$) and equal
 # singular values $\sigma_i^2=N/r$, then
 #
-# $$ R_\epsilon(Z)=\frac r2\log\Big(1+\frac{d}{r\,\epsilon^2}\Big), \tag{2.7a} $$
+# $$ R_\epsilon(Z)=\frac r2\log\Big(1+\frac{d}{r\,\epsilon^2}\Big), \tag{2.7} $$
 #
 # which grows with $r$ (more directions to code) and, for small $\epsilon$, behaves like
 # $\frac r2\log\frac{d}{r\epsilon^2}$: each halving of $\epsilon$ costs $r\log 2$ more nats. The slope
@@ -270,11 +270,11 @@ expect = 0.5 * sum(math.log1p(d / (N * 0.5**2) * s**2) for s in sigma.tolist())
 checks.cmp("R for a known spectrum, eq. (2.6)", coding_rate(with_spectrum(sigma, N, d), 0.5), expect, rtol=1e-12)
 for r in [1, 4, 16]:
     Zr = with_spectrum(torch.full((r,), math.sqrt(N / r)), N, d)  # rank r, ||Z||_F^2 = N
-    checks.cmp(f"rank {r}: eq. (2.7a)", coding_rate(Zr, 0.5), r / 2 * math.log1p(d / (r * 0.5**2)), rtol=1e-12)
+    checks.cmp(f"rank {r}: eq. (2.7)", coding_rate(Zr, 0.5), r / 2 * math.log1p(d / (r * 0.5**2)), rtol=1e-12)
 
 # %% [markdown]
 # The figure: $R_\epsilon$ against $\epsilon$ for ranks 1, 2, 4, 8, 16 ($N=100$, $d=16$), markers from
-# `coding_rate`, lines from (2.7a). The check measures the slope $dR/d\log\epsilon$ at small $\epsilon$.
+# `coding_rate`, lines from (2.7). The check measures the slope $dR/d\log\epsilon$ at small $\epsilon$.
 
 # %%
 eps_grid = torch.logspace(-3, 1, 30)
@@ -324,8 +324,8 @@ fig, ax = plot.subplots(1, 1, width=6)
 ax.bar(range(10), R_k, color="#1f77b4", label=r"$R_\epsilon(Z_k)$, one class")
 ax.axhline(R_all, c="#d62728", label=r"$R_\epsilon(Z)$, all classes")
 ax.axhline(Rc_scratch, c="#2ca02c", ls="--", label=r"$R^c$, size-weighted mean")
-ax.set(xticks=range(10), xlabel="digit class $k$", ylabel="nats", title=r"digits, $\epsilon=0.5$")
-ax.legend(loc="lower right")
+ax.set(xticks=range(10), xlabel="digit class $k$", ylabel="nats", title=r"digits, $\epsilon=0.5$", ylim=(0, 1.35 * R_all))
+ax.legend(loc="upper center", ncol=3, fontsize=8)  # above the bars and the R line
 plt.show()
 
 # %% [markdown]
@@ -334,7 +334,7 @@ plt.show()
 # With $M=I+\alpha ZZ^\top$ and $d\log\det M=\mathrm{tr}(M^{-1}dM)$, $dM=\alpha(dZ\,Z^\top+Z\,dZ^\top)$:
 #
 # $$ dR=\tfrac12\,\mathrm{tr}\big(M^{-1}\alpha(dZ\,Z^\top+Z\,dZ^\top)\big)=\alpha\,\mathrm{tr}\big(Z^\top M^{-1}dZ\big)
-# \;\Rightarrow\; \nabla_Z R_\epsilon=\alpha\,(I+\alpha ZZ^\top)^{-1}Z, \tag{2.7} $$
+# \;\Rightarrow\; \nabla_Z R_\epsilon=\alpha\,(I+\alpha ZZ^\top)^{-1}Z, \tag{2.8} $$
 #
 # using the symmetry of $M$ and cyclicity of the trace: the two terms are equal, so the factor
 # $\frac12$ does **not** survive. In the row layout of the code ($Z$ of shape `(N, d)`) the same
@@ -344,7 +344,7 @@ plt.show()
 
 # %%
 def rate_grad_scratch(Z: torch.Tensor, eps: float) -> torch.Tensor:
-    """Eq. (2.7) in row layout: alpha Z (I_d + alpha Z^T Z)^{-1}, Z (N, d)."""
+    """Eq. (2.8) in row layout: alpha Z (I_d + alpha Z^T Z)^{-1}, Z (N, d)."""
     N, d = Z.shape
     alpha = d / (N * eps**2)
     M = torch.eye(d) + alpha * Z.T @ Z  # (d, d)
@@ -398,7 +398,7 @@ assert caught, "the gradient check accepted a wrong gradient"
 # It depends only on the singular values of $Z$ (eq. 2.6), grows like $\frac r2\log\frac1{\epsilon^2}$
 # with the rank $r$, and is cheapest to compute from the smaller Gram matrix (Sylvester, eq. 2.4),
 # through a Cholesky or QR factor rather than a determinant. Its gradient
-# $\alpha(I+\alpha ZZ^\top)^{-1}Z$ (eq. 2.7) has no factor $\frac12$. On digits, coding each class
+# $\alpha(I+\alpha ZZ^\top)^{-1}Z$ (eq. 2.8) has no factor $\frac12$. On digits, coding each class
 # separately is much cheaper than coding all of them together, $\Delta R>0$: chapter 03 turns that
 # gap into a learning objective.
 #
@@ -456,7 +456,7 @@ assert float(rate_eig(torch.zeros(4, 6), 0.5)) == 0.0
 # %% [markdown]
 # ### Exercise 2.3 (implement)
 #
-# Write `rate_grad_nn(Z, eps)`: the gradient (2.7) in row layout using the $N\times N$ system,
+# Write `rate_grad_nn(Z, eps)`: the gradient (2.8) in row layout using the $N\times N$ system,
 # $\alpha(I_N+\alpha ZZ^\top)^{-1}Z$ for `Z` of shape `(N, d)`, solved with a Cholesky factor
 # (`torch.linalg.cholesky`, `torch.cholesky_solve`). Which is cheaper for $N=8$, $d=1000$?
 
@@ -471,7 +471,7 @@ def rate_grad_nn(Z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 Z = torch.randn(8, 20)
-checks.cmp("rate_grad_nn vs closed form (2.7), d x d", rate_grad_nn(Z, 0.5), rate_grad_scratch(Z, 0.5), rtol=1e-10)
+checks.cmp("rate_grad_nn vs closed form (2.8), d x d", rate_grad_nn(Z, 0.5), rate_grad_scratch(Z, 0.5), rtol=1e-10)
 
 # %% tags=["hidden-test"] points=2
 for shape in [(1, 5), (30, 4), (8, 1000)]:

@@ -9,7 +9,7 @@ Math uses columns as samples (Z in R^{d x N}); code uses rows: ``Z`` has shape
     R^c_eps(Z | Pi) = sum_k N_k / (2N) logdet(I + d / (N_k eps^2) Z Pi_k Z^T)   (3.2)
     Delta R         = R_eps(Z) - R^c_eps(Z | Pi)                                (3.3)
     R^c_eps(Z | U)  = 1/2 sum_k logdet(I + p / (N eps^2) (U_k^T Z)^T (U_k^T Z))  (6.2)
-    dR/dZ           = alpha (I + alpha Z Z^T)^{-1} Z                            (2.7)
+    dR/dZ           = alpha (I + alpha Z Z^T)^{-1} Z                            (2.8)
 
 How the log-determinants are evaluated (chapter 02, section "Computing R robustly").
 Every one is 1/2 logdet(I + a X^T X) for a factor X, using whichever Gram matrix of X is
@@ -157,7 +157,7 @@ def coding_rate(Z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def coding_rate_grad(Z: torch.Tensor, eps: float) -> torch.Tensor:
-    """dR_eps/dZ in closed form, same shape as ``Z`` (..., N, d). Chapter 02, eq. (2.7).
+    """dR_eps/dZ in closed form, same shape as ``Z`` (..., N, d). Chapter 02, eq. (2.8).
 
     Rows as samples: dR/dZ = alpha Z (I_d + alpha Z^T Z)^{-1} = alpha (I_N + alpha Z Z^T)^{-1} Z
     (the factor 1/2 cancels against the 2 from differentiating Z Z^T). With F the taller of

@@ -27,18 +27,16 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-import crate_lite
 from crate_lite import checks, mcr2, plot, profiles, utils
 from crate_lite.coding_rate import class_coding_rate, coding_rate, coding_rate_grad, rate_reduction
 from crate_lite.data import load_digits
 from crate_lite.pca import NearestSubspace
 from crate_lite.results import Recorder
 
-# Every matrix in this chapter is at most 64 x 64: one thread avoids thread start-up costs
+# Every matrix in this chapter is small (the largest: a 512 x 256 batch of hidden units): one thread avoids thread start-up costs
 # that dominate at this size (on a shared 2-core machine we measured ~50x slower with 2).
 device = utils.setup(seed=0, threads=1)
 rec = Recorder("03_mcr2")
-print("crate_lite", crate_lite.__version__, "| profile", profiles.current())
 
 # %% [markdown]
 # ## 3.1 Rate reduction

@@ -68,25 +68,28 @@ def layer_stats(model: CRATE, images: torch.Tensor, *, eps: float = 0.5, batch_s
     """R^c of the tokens in each layer's subspaces, before and after MSSA, and the sparsity
     of each ISTA output, for ``images`` (B, C, H, W) (chapter 07; R^c is eq. 6.2).
 
-    Runs in eval mode in float32 on the model's device, ``batch_size`` images at a time
-    (memory: one batch of intermediates), and restores the model's mode.
+    Runs in eval mode on the model's device and in its dtype (R^c in at least float32),
+    ``batch_size`` images at a time (memory: one batch of intermediates), and restores the
+    model's mode.
     """
     model, images = _check_model_images(model, images)
     eps = v.positive("eps", eps)
     v.integer("batch_size", batch_size, minimum=1)
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    rc_dtype = torch.promote_types(dtype, torch.float32)  # bf16/fp16 models: R^c in float32
     L = len(model.layers)
-    U = [layer.mssa.subspaces().float() for layer in model.layers]  # L x (K, d, p)
+    U = [layer.mssa.subspaces().to(rc_dtype) for layer in model.layers]  # L x (K, d, p)
     sums = torch.zeros(3, L, dtype=torch.float64)  # rc_input, rc_half, zeros
     entries = 0
     was_training = model.training
     model.eval()
     try:
         for batch in images.split(batch_size):
-            _, inter = model(batch.to(device, torch.float32), return_intermediates=True)
+            _, inter = model(batch.to(device, dtype), return_intermediates=True)
             for l in range(L):
-                sums[0, l] += subspace_coding_rate(inter.inputs[l].float(), U[l], eps).sum().cpu()  # (B,) summed
-                sums[1, l] += subspace_coding_rate(inter.z_half[l].float(), U[l], eps).sum().cpu()
+                sums[0, l] += subspace_coding_rate(inter.inputs[l].to(rc_dtype), U[l], eps).sum().cpu()  # (B,) summed
+                sums[1, l] += subspace_coding_rate(inter.z_half[l].to(rc_dtype), U[l], eps).sum().cpu()
                 sums[2, l] += (inter.outputs[l] == 0).sum().cpu()
             entries += inter.outputs[0].numel()
     finally:
@@ -104,11 +107,11 @@ def cls_attention(model: CRATE, images: torch.Tensor) -> torch.Tensor:
     each map sums to 1 minus the cls token's attention to itself.
     """
     model, images = _check_model_images(model, images)
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     was_training = model.training
     model.eval()
     try:
-        _, inter = model(images.to(device, torch.float32), return_intermediates=True)
+        _, inter = model(images.to(param.device, param.dtype), return_intermediates=True)
     finally:
         model.train(was_training)
     g = model.config.image_size // model.config.patch_size

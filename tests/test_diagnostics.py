@@ -67,6 +67,16 @@ def test_works_for_presets(name, size):
     assert torch.all(maps.sum((-2, -1)) <= 1 + 1e-5)
 
 
+def test_float64_model_runs_in_float64(model):
+    m64 = crate.CRATE(crate.preset("smoke"))
+    m64.load_state_dict(model.state_dict())
+    m64.double()
+    x = torch.rand(3, 1, 28, 28)
+    st32, st64 = diagnostics.layer_stats(model, x), diagnostics.layer_stats(m64, x)  # float32 images into both
+    torch.testing.assert_close(st64.rc_half, st32.rc_half, rtol=1e-5, atol=1e-4)
+    assert diagnostics.cls_attention(m64, x).dtype == torch.float64
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_works_on_gpu(model):
     m = crate.CRATE(crate.preset("smoke")).cuda()

@@ -5,8 +5,9 @@
     torchrun --standalone --nproc_per_node=2 scripts/train.py --data digits --steps 50
 
 ``--batch-size`` is the global batch: under torchrun each of the WORLD_SIZE processes
-takes its slice (gloo on the CPU, nccl on CUDA). ``--checkpoint PATH`` saves there and
-resumes from it when it exists. ``--out FILE.json`` writes the final numbers (rank 0).
+takes its slice (gloo on the CPU, nccl on CUDA). ``--checkpoint PATH`` saves there (every
+``--checkpoint-every`` steps and at the end) and resumes from it when it exists.
+``--out FILE.json`` writes the final numbers (rank 0).
 Data: ``digits`` (8x8, embedded) or ``mnist`` (28x28; the full training set when it is in
 the data root, otherwise the 10,000 test images split 8,000 train / 2,000 test with a
 fixed seed: the script prints which).
@@ -29,25 +30,29 @@ from crate_lite.train import TrainConfig, cleanup_distributed, fit, init_distrib
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["crate", "vit"], default="crate")
-    p.add_argument("--data", choices=["digits", "mnist"], default="mnist")
-    p.add_argument("--dim", type=int, default=None)
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--heads", type=int, default=None)
-    p.add_argument("--patch", type=int, default=None)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--shift", type=int, default=0, help="random translation augmentation, pixels")
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--model", choices=["crate", "vit"], default="crate", help="CRATE or the matched ViT (default %(default)s)")
+    p.add_argument("--data", choices=["digits", "mnist"], default="mnist", help="data set (default %(default)s)")
+    p.add_argument("--dim", type=int, default=None, help="width d (default 128)")
+    p.add_argument("--depth", type=int, default=None, help="number of layers L (default 4)")
+    p.add_argument("--heads", type=int, default=None, help="heads K, a divisor of --dim; head dim = dim / heads (default 4)")
+    p.add_argument("--patch", type=int, default=None, help="patch size in pixels (default 7 for 28 px, 2 for 8 px)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch, split across processes (default %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps before the cosine (default %(default)s)")
+    p.add_argument("--shift", type=int, default=0, help="random translation augmentation, pixels (default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps; 0: only at the end (default)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file: saved there, resumed from when it exists")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps; 0: only at the end (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and split (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also silent when CI is set)")
     p.add_argument("--out", default=None, help="write final numbers as JSON here (rank 0)")
     a = p.parse_args(argv)
+    dim, heads = a.dim or 128, a.heads or 4
+    if heads < 1 or dim % heads:
+        p.error(f"--heads: expected a positive divisor of --dim={dim}, got {heads}")
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -64,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         model = crate.CRATE(cfg) if a.model == "crate" else ViT(cfg)
         tc = TrainConfig(
             steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-            warmup_steps=a.warmup, eval_every=a.eval_every, checkpoint=a.checkpoint, seed=a.seed,
+            warmup_steps=a.warmup, eval_every=a.eval_every, checkpoint=a.checkpoint,
+            checkpoint_every=a.checkpoint_every, seed=a.seed,
             progress=not a.no_progress,
         )
         if rank == 0:

@@ -342,8 +342,8 @@ checks.cmp("variant with no changes == compression_step (6.7)", step_variant(Zc,
 # %% [markdown]
 # Without the shrink, the remaining term adds a softmax-weighted average of each token's neighbours
 # *inside* each subspace; it has a negative cosine with $-\nabla R^c$ (asserted) and changes $R^c$ on raw
-tokens by only about $10^{-5}$ nats (slightly upward in our runs): the compression of the derived step came from the shrink. In the trained
-# model it is the LayerNorm and the learned $W_{\text{out}}$ that decide what one layer does to $R^c$;
+# tokens by only about $10^{-5}$ nats (slightly upward in our runs): the compression of the derived step
+# came from the shrink. In the trained model it is the LayerNorm and the learned $W_{\text{out}}$ that decide what one layer does to $R^c$;
 # chapter 07 measures $R^c$ layer by layer on a trained network.
 #
 # ### The layer from scratch vs `crate_lite`

@@ -89,7 +89,10 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What :func:`fit` measured. ``history`` has one dict per evaluation
-    (``step``, ``loss`` (train, averaged since the last evaluation), ``test_acc``, ``test_loss``)."""
+    (``step``, ``loss`` (train, averaged since the last evaluation), ``test_acc``, ``test_loss``).
+    ``final_loss`` is the training loss of the last step (kept in the checkpoint, so a run
+    resumed from a finished checkpoint reports it too); ``wall_s`` and ``images_per_s`` cover
+    the steps this call ran (``images_per_s`` is nan when it ran none)."""
 
     steps: int
     final_loss: float
@@ -99,6 +102,12 @@ class TrainResult:
     test_acc: float | None = None
     test_loss: float | None = None
     resumed_from: int = 0
+
+
+RESUME_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "betas",
+                 "grad_clip", "label_smoothing", "seed", "amp")
+"""The :class:`TrainConfig` fields a checkpoint must agree on to be resumed: they define the
+optimisation trajectory (the others, such as ``eval_every`` or ``progress``, do not)."""
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -286,10 +295,18 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, restore_rng: bool = True) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and optimizer,
     scheduler, RNG states); returns the raw dict (``step``, ``history``, ``config``)."""
+    return _restore(_read_checkpoint(path), model, optimizer, scheduler, restore_rng=restore_rng)
+
+
+def _read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+             scheduler: torch.optim.lr_scheduler.LRScheduler | None, *, restore_rng: bool) -> dict:
     _unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -298,6 +315,11 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     if restore_rng:
         _set_rng_state(state["rng"])
     return state
+
+
+def _plain(value: object) -> object:
+    """Tuples as lists, so that a config read back from a checkpoint compares equal."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -381,7 +403,8 @@ def fit(
     ``callback(step, loss)`` runs after every optimizer step (``step`` counts from 1);
     raising in it interrupts training like a crash would (the tests use that).
 
-    If ``config.checkpoint`` exists and ``config.resume``, training continues from it.
+    If ``config.checkpoint`` exists and ``config.resume``, training continues from it; a
+    ``ValueError`` is raised if it was written with different :data:`RESUME_FIELDS`.
     Under torchrun the model is wrapped in DistributedDataParallel; call
     :func:`cleanup_distributed` when done.
     """
@@ -403,11 +426,21 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     step, history = 0, []
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # train loss sum, count since last eval
+    last_loss = float("nan")
     if config.checkpoint and config.resume and Path(config.checkpoint).is_file():
-        state = load_checkpoint(config.checkpoint, model, optimizer, scheduler)
+        state = _read_checkpoint(config.checkpoint)
+        differ = [f"{k}={state['config'].get(k)!r} (now {getattr(config, k)!r})" for k in RESUME_FIELDS
+                  if _plain(state["config"].get(k)) != _plain(getattr(config, k))]
+        if differ:
+            raise ValueError(f"config: the checkpoint {config.checkpoint} was written by a run with "
+                             f"{', '.join(differ)}; resuming would not reproduce either run "
+                             "(use another checkpoint path or resume=False)")
+        _restore(state, model, optimizer, scheduler, restore_rng=True)
         step, history = int(state["step"]), list(state["history"])
-        if "loss_sum" in state.get("extra", {}):
-            loss_sum.copy_(state["extra"]["loss_sum"])
+        extra = state.get("extra", {})
+        if "loss_sum" in extra:
+            loss_sum.copy_(extra["loss_sum"])
+        last_loss = float(extra.get("last_loss", last_loss))
     resumed_from = step
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
@@ -417,7 +450,6 @@ def fit(
 
         bar = tqdm(total=config.steps, initial=step, desc=desc, leave=False)
     net.train()
-    last_loss = float("nan")
     t0, start_step = time.perf_counter(), step
     while step < config.steps:
         idx = batch_indices(X.shape[0], config.batch_size, step, config.seed)[rank * local:(rank + 1) * local]
@@ -458,7 +490,7 @@ def fit(
                 bar.write(f"step {step}: train loss {entry['loss']:.4f}, test acc {entry['test_acc']:.4f}")
         if config.checkpoint and rank == 0 and (done or (config.checkpoint_every and step % config.checkpoint_every == 0)):
             save_checkpoint(config.checkpoint, model, optimizer, scheduler, step, config, history,
-                            extra={"loss_sum": loss_sum.cpu()})
+                            extra={"loss_sum": loss_sum.cpu(), "last_loss": last_loss})
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()

@@ -2,6 +2,7 @@
 CPU), evaluation, bad input, and DistributedDataParallel under torchrun (2 gloo processes)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -101,6 +102,21 @@ def test_interrupted_and_resumed_run_is_bit_identical(digits, tmp_path):
         assert torch.equal(a, b), f"{name} differs after resume"
     assert res.history == ref_res.history
     assert not list(tmp_path.glob("*.tmp*")), "temporary checkpoint file left behind"
+
+
+def test_resuming_a_finished_run_reports_its_numbers(digits, tmp_path):
+    _, first = _run(digits, tmp_path / "done.pt", 10)
+    _, again = _run(digits, tmp_path / "done.pt", 10)  # nothing left to do
+    assert again.resumed_from == 10 and again.final_loss == first.final_loss
+    assert again.history == first.history and again.test_acc == first.test_acc
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(digits, tmp_path):
+    _run(digits, tmp_path / "c.pt", 10)
+    tc = TrainConfig(steps=20, batch_size=32, lr=1e-2, warmup_steps=5, checkpoint=str(tmp_path / "c.pt"), progress=False)
+    with pytest.raises(ValueError, match=r"config: .*steps=10 \(now 20\)"):
+        fit(crate.CRATE(tiny_cfg()), digits[0], tc)
+    fit(crate.CRATE(tiny_cfg()), digits[0], dataclasses.replace(tc, steps=10, eval_every=3))  # same run: resumes
 
 
 def test_training_learns_and_evaluate_matches(digits):

@@ -160,6 +160,19 @@ def _start(X: torch.Tensor, A: torch.Tensor, Z0: torch.Tensor | None) -> torch.T
     return Z0
 
 
+def _setup(
+    X: object, A: object, lam: object, n_iter: object, step: object, Z0: object | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int, float, torch.Tensor, torch.Tensor]:
+    """Validated arguments of :func:`ista` and :func:`fista` and what both precompute:
+    X (..., N, m), A (m, n), the start Z (..., N, n), lam, n_iter, step,
+    G = A^T A (n, n) and X A (..., N, n)."""
+    X, A, Z0 = _check_problem(X, A, Z0, "Z0")
+    lam = v.positive("lam", lam, allow_zero=True)
+    n_iter = v.integer("n_iter", n_iter, minimum=1)
+    step = _step_size(A, step)
+    return X, A, _start(X, A, Z0), lam, n_iter, step, A.T @ A, X @ A
+
+
 def _single(solver, X, A, lam, n_iter, step, nonneg, Z0, return_history):
     """Run ``solver`` on one signal X (m,) as a batch of one row; codes (n,), history (n_iter + 1,)."""
     if Z0 is not None:
@@ -192,13 +205,7 @@ def ista(
     """
     if isinstance(X, torch.Tensor) and X.ndim == 1:
         return _single(ista, X, A, lam, n_iter, step, nonneg, Z0, return_history)
-    X, A, Z0 = _check_problem(X, A, Z0, "Z0")
-    lam = v.positive("lam", lam, allow_zero=True)
-    n_iter = v.integer("n_iter", n_iter, minimum=1)
-    step = _step_size(A, step)
-    Z = _start(X, A, Z0)
-    G = A.T @ A  # (n, n)
-    XA = X @ A  # (..., N, n)
+    X, A, Z, lam, n_iter, step, G, XA = _setup(X, A, lam, n_iter, step, Z0)  # G (n, n), XA (..., N, n)
     hist = [lasso_objective(X, A, Z, lam, nonneg=nonneg)] if return_history else []
     for _ in range(n_iter):
         Z = _prox(Z - step * (Z @ G - XA), step * lam, nonneg)  # eq. (4.6)
@@ -227,13 +234,7 @@ def fista(
     """
     if isinstance(X, torch.Tensor) and X.ndim == 1:
         return _single(fista, X, A, lam, n_iter, step, nonneg, Z0, return_history)
-    X, A, Z0 = _check_problem(X, A, Z0, "Z0")
-    lam = v.positive("lam", lam, allow_zero=True)
-    n_iter = v.integer("n_iter", n_iter, minimum=1)
-    step = _step_size(A, step)
-    Z = _start(X, A, Z0)
-    G = A.T @ A  # (n, n)
-    XA = X @ A  # (..., N, n)
+    X, A, Z, lam, n_iter, step, G, XA = _setup(X, A, lam, n_iter, step, Z0)  # G (n, n), XA (..., N, n)
     Y, t = Z, 1.0
     hist = [lasso_objective(X, A, Z, lam, nonneg=nonneg)] if return_history else []
     for _ in range(n_iter):

@@ -110,6 +110,24 @@ def test_sphere_reaches_the_mcr2_optimum(seed: int) -> None:
     assert bool(((net.transform(Zt.to(DT)) @ means.T).argmax(1) == yt).all())
 
 
+def test_random_centres_converge_at_the_predicted_rate() -> None:
+    """Chapter 05, eq. (5.7): with random centres the classes must rotate apart, a slow mode
+    (cosines shrink by rho = 1 - 1/605 per layer): 2000 layers are not enough for 1e-4
+    (gap 3.5e-4 for this seed), 3000 are; the gap's tail decays like rho^2."""
+    a, an = 3 / (1500 * 0.1), 10.0  # alpha, alpha n
+    rho = 1 - 2 * 0.5 * a * an / (1 + an) ** 2 / (1 + 0.5 * a * (1 / (1 + an) - 1 / (1 + 3 * an)))
+    Z, y = gaussians_on_sphere(500, 3, dim=3, noise=0.1, seed=2)
+    net = redunet.ReduNet(eta=0.5, eps=EPS_TOY, lam=500.0, n_layers=3000).fit(Z.to(DT), y)
+    gap = mcr2.orthogonal_optimum(3, 3, EPS_TOY) - net.history["delta_R"]
+    assert bool((gap.diff() <= 0).all())
+    assert 1e-4 < float(gap[2000]) < 1e-3
+    assert 0 <= float(gap[3000]) < 1e-4
+    assert abs(float(gap[3000] / gap[2500]) ** (1 / 500) - rho**2) < 1e-4
+    means = torch.nn.functional.normalize(torch.stack([net.features[y == c].mean(0) for c in range(3)]), dim=1)
+    angles = torch.rad2deg(torch.arccos((means @ means.T).clamp(-1, 1)))[[0, 0, 1], [1, 2, 2]]
+    assert float((angles - 90).abs().max()) < 1.0
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -14,6 +15,17 @@ SHARED = ROOT.parent / "shared" / "datasets"
 def _offline(monkeypatch):
     """No test may reach the network: downloads are off unless a test turns them on."""
     monkeypatch.setenv("CRATE_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread per test: the tests' matrices and models are tiny, and on a 2-core
+    machine a second thread costs more in synchronisation than it saves (up to ~50x slower
+    when the cores are shared, measured). Restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture

@@ -9,15 +9,6 @@ from crate_lite import crate
 from crate_lite.baselines import ViT, ViTLayer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread for these tiny models (a shared 2-core machine thrashes with more)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def count(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 

@@ -10,14 +10,6 @@ from crate_lite.baselines import ViT
 from crate_lite.coding_rate import subspace_coding_rate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -11,16 +11,6 @@ from crate_lite.data import subspace_mixture
 EPS = math.sqrt(0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These matrices are tiny: on a shared 2-core machine, OpenMP threads cost ~50x more
-    than the work (measured 143 ms vs 2.9 ms per Delta R of a 90 x 3 matrix)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_orthogonal_optimum_matches_issue_value_and_data():
     assert mcr2.orthogonal_optimum(3, 3, EPS) == pytest.approx(1.879849, abs=1e-6)
     # computed on data: K orthogonal rank-r classes with equal singular values

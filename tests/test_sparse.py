@@ -12,15 +12,6 @@ from sklearn.linear_model import Lasso
 from crate_lite import sparse as S
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread is faster and avoids contention on shared CI cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _problem(seed: int, m: int = 30, n: int = 15, N: int = 4):
     """A random well-conditioned LASSO problem (m > n, Gaussian A) in float64."""
     g = torch.Generator().manual_seed(seed)

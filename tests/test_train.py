@@ -22,16 +22,6 @@ from crate_lite.train import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the tests' models are tiny and a shared 2-core machine thrashes
-    with more (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_classification("digits", seed=0)

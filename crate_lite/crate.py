@@ -224,15 +224,17 @@ class MSSA(nn.Module):
         :data:`SDPA_MIN_TOKENS` tokens on, else (or when the attention matrix is wanted)
         an explicit softmax. Same output as :meth:`forward_literal`."""
         B, N, _ = y.shape
-        w = self.qkv(y).view(B, N, self.heads, self.dim_head).transpose(1, 2)  # (B, K, N, p)
+        K, p = self.heads, self.dim_head
+        # one copy into (B K, N, p) so that every batched product below reads it in place
+        w = self.qkv(y).view(B, N, K, p).transpose(1, 2).reshape(B * K, N, p)  # (B K, N, p)
         a = None
         if need_attn or N < SDPA_MIN_TOKENS:  # short sequences: two matmuls beat the fused kernel
-            attn = torch.softmax(w @ w.mT * self.scale, dim=-1)  # (B, K, N, N)
-            o = attn @ w  # (B, K, N, p)
-            a = attn if need_attn else None
+            attn = torch.softmax(torch.bmm(w, w.mT).mul_(self.scale), dim=-1)  # (B K, N, N)
+            o = torch.bmm(attn, w)  # (B K, N, p)
+            a = attn.view(B, K, N, N) if need_attn else None
         else:
-            o = F.scaled_dot_product_attention(w, w, w, scale=self.scale)  # (B, K, N, p)
-        o = o.transpose(1, 2).reshape(B, N, self.heads * self.dim_head)  # (B, N, K p)
+            o = F.scaled_dot_product_attention(w, w, w, scale=self.scale)  # (B K, N, p)
+        o = o.view(B, K, N, p).transpose(1, 2).reshape(B, N, K * p)  # (B, N, K p)
         return self._project_out(o), a
 
     def forward(self, y: torch.Tensor, fast: bool = True) -> torch.Tensor:
@@ -270,7 +272,7 @@ class ISTABlock(nn.Module):
         M = ista_matrix(self.weight, self.step_size)  # (d, d)
         shift = torch.full((1,), -self.step_size * self.lambd, dtype=x.dtype, device=x.device)
         out = torch.addmm(shift, x.reshape(-1, self.dim), M)  # (B*N, d)
-        return F.relu(out).view_as(x)  # (B, N, d)
+        return out.relu_().view_as(x)  # (B, N, d); in place: addmm's backward does not need out
 
     def forward(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
         """One ISTA step from ``x`` (B, N, d) -> (B, N, d), entries >= 0."""

@@ -528,14 +528,15 @@ def _infer_config(sd: dict[str, torch.Tensor], heads: int | None, overrides: dic
     depth = max(layer_ids) + 1 if layer_ids else 0
     qkv = sd.get("transformer.layers.0.0.fn.qkv.weight")
     inner = qkv.shape[0] if qkv is not None else dim
-    if heads is None:
-        known = {(p["dim"], p["depth"]): p["heads"] for p in PRESETS.values()}
-        if (dim, depth) not in known:
+    if heads is None:  # released checkpoints: the paper's four sizes (a guess elsewhere would be silent)
+        paper = (PRESETS[name] for name in PRESET_PARAMS)
+        known = {(p["dim"], p["depth"], p["heads"] * p["dim_head"]): p["heads"] for p in paper}
+        if (dim, depth, inner) not in known:
             raise ValueError(
                 f"heads: cannot be read from the weights (only heads * dim_head = {inner} can); "
                 f"pass heads= or config= for dim={dim}, depth={depth}"
             )
-        heads = known[(dim, depth)]
+        heads = known[(dim, depth, inner)]
     if inner % heads:
         raise ValueError(f"heads: expected a divisor of heads*dim_head={inner}, got {heads}")
     grid = math.isqrt(num_patches)
@@ -571,8 +572,8 @@ def load_official_state_dict(
     optionally prefixed by ``module.`` and/or nested under ``model`` or ``state_dict``.
     ``config``: the model's sizes; if omitted they are read from the tensor shapes
     (square images; ``channels`` 3 if patch_dim / 3 is a square, else 1, or pass
-    ``channels=``; ``heads`` must be passed unless
-    (dim, depth) is one of the presets, since only heads * dim_head is visible).
+    ``channels=``; ``heads`` must be passed unless dim, depth and heads * dim_head are
+    those of CRATE-T/S/B/L, since only heads * dim_head is visible in the weights).
     ``overrides`` (e.g. ``pool="mean"``, ``lambd=0.1``, ``fast=False``) go to the config.
     Raises ``ValueError`` listing missing and unexpected keys, or mismatched shapes.
     """

@@ -279,13 +279,15 @@ def test_single_head_full_width_has_no_output_projection():
     torch.testing.assert_close(model(img), ref(img), rtol=0, atol=1e-5)
 
 
-def test_heads_inferred_for_presets_and_required_otherwise():
+def test_heads_inferred_for_paper_sizes_and_required_otherwise():
     torch.manual_seed(0)
-    sd = C.to_official_state_dict(C.crate_mnist())
-    assert C.load_official_state_dict(sd).config == C.preset("mnist")
-    sd = REF.ReferenceCRATE(**SMALL).state_dict()
-    with pytest.raises(ValueError, match="heads: cannot be read"):
-        C.load_official_state_dict(sd)
+    sd = C.to_official_state_dict(C.crate_cifar())  # CRATE-T width and depth at 32 px
+    assert C.load_official_state_dict(sd).config == C.preset("cifar")
+    # (dim, depth) of a course preset but another head count: never guessed
+    for kw in (dict(C.PRESETS["smoke"], heads=4, dim_head=8), dict(C.PRESETS["mnist"], heads=8, dim_head=16), SMALL):
+        sd = REF.ReferenceCRATE(**kw).state_dict()
+        with pytest.raises(ValueError, match="heads: cannot be read"):
+            C.load_official_state_dict(sd)
     with pytest.raises(ValueError, match="heads: expected a divisor"):
         C.load_official_state_dict(sd, heads=5)
 

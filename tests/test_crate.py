@@ -28,14 +28,6 @@ def _reference_module():
 REF = _reference_module()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 SMALL = dict(image_size=12, patch_size=4, channels=3, num_classes=5, dim=24, depth=2, heads=3, dim_head=8)
 
 

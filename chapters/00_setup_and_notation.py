@@ -15,7 +15,6 @@
 # Every chapter derives, implements, then *checks* with an `assert` that could fail.
 
 # %%
-import os
 
 import torch
 

@@ -24,7 +24,6 @@ import math
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from crate_lite import checks, data, plot, profiles, utils
@@ -140,7 +139,7 @@ def rate_nn(Z: torch.Tensor, eps: float) -> torch.Tensor:
 for N_, d_ in [(8, 50), (50, 8), (20, 20)]:
     Z = torch.randn(N_, d_)
     checks.cmp(f"Sylvester (2.4), N={N_}, d={d_}: d x d vs N x N", rate_dd(Z, 0.5), rate_nn(Z, 0.5), rtol=1e-12)
-    checks.cmp(f"  from scratch vs crate_lite.coding_rate", coding_rate(Z, 0.5), rate_nn(Z, 0.5), rtol=1e-12)
+    checks.cmp("  from scratch vs crate_lite.coding_rate", coding_rate(Z, 0.5), rate_nn(Z, 0.5), rtol=1e-12)
 
 # %% [markdown]
 # How much the right form saves, measured here (a single run on a shared CPU, so only the order of

@@ -57,15 +57,21 @@ def strip_solutions(source: str, label: str) -> str:
     return "\n".join(out)
 
 
-def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The student version of an instructor notebook (a new notebook; ``nb`` is unchanged)."""
-    student = nbformat.v4.new_notebook(metadata=nb.metadata)
+def _labelled_cells(nb: nbformat.NotebookNode):
+    """Yield (exercise label, cell): the label of the nearest ``Exercise N.M`` heading above."""
     label = "Exercise"
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             found = EXERCISE.findall(cell.source)
             if found:
                 label = f"Exercise {found[-1]}"
+        yield label, cell
+
+
+def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student version of an instructor notebook (a new notebook; ``nb`` is unchanged)."""
+    student = nbformat.v4.new_notebook(metadata=nb.metadata)
+    for label, cell in _labelled_cells(nb):
         tags = _tags(cell)
         if "solution" in tags or "hidden-test" in tags:
             continue
@@ -78,15 +84,11 @@ def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def hidden_tests(nb: nbformat.NotebookNode) -> list[tuple[str, int, str]]:
     """(exercise label, points, source) of every ``hidden-test`` cell, in order."""
-    tests, label = [], "Exercise"
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            found = EXERCISE.findall(cell.source)
-            if found:
-                label = f"Exercise {found[-1]}"
-        if cell.cell_type == "code" and "hidden-test" in _tags(cell):
-            tests.append((label, int(cell.metadata.get("points", 1)), cell.source))
-    return tests
+    return [
+        (label, int(cell.metadata.get("points", 1)), cell.source)
+        for label, cell in _labelled_cells(nb)
+        if cell.cell_type == "code" and "hidden-test" in _tags(cell)
+    ]
 
 
 def write_student(source: Path, out_dir: Path) -> Path:

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from crate_lite import crate
-from crate_lite.baselines import ViT
 from crate_lite.train import (
     TrainConfig, batch_indices, evaluate, fit, load_checkpoint, load_classification, lr_factor, random_shift,
 )

@@ -1,4 +1,5 @@
 """crate_lite.data: registry, checksums, atomic resumable downloads, loaders, bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -82,6 +83,30 @@ def test_download_resumes_from_part_file(server, tmp_path):
     assert dest.read_bytes() == payload
 
 
+def test_download_verifies_md5_when_only_md5_is_published(server, tmp_path):
+    url, _, payload = server
+    md5 = hashlib.md5(payload).hexdigest()
+    dest = data.download(f"{url}/good.bin", tmp_path / "good.bin", md5=md5)
+    assert dest.read_bytes() == payload and data.md5_of(dest) == md5
+    with pytest.raises(data.DataIntegrityError, match="MD5"):
+        data.download(f"{url}/corrupt.bin", tmp_path / "corrupt.bin", md5=md5)
+    assert not (tmp_path / "corrupt.bin").exists() and not (tmp_path / "corrupt.bin.part").exists()
+    with pytest.raises(ValueError, match="checksum"):
+        data.download(f"{url}/good.bin", tmp_path / "unchecked.bin")  # no checksum: refused
+
+
+def test_fetch_md5_registry_entry(server, tmp_path, monkeypatch):
+    url, _, payload = server
+    md5 = hashlib.md5(payload).hexdigest()
+    reg = {"toy": {"folder": "toy", "files": {"good.bin": {"gzip": False, "md5": md5}}, "mirrors": [url + "/"]}}
+    monkeypatch.setattr(data.registry, "manifest", lambda: reg)
+    path = data.fetch("toy", "good.bin", root=tmp_path, download_missing=True)
+    assert path.read_bytes() == payload
+    path.write_bytes(b"tampered")
+    with pytest.raises(data.DataIntegrityError, match="MD5"):
+        data.fetch("toy", "good.bin", root=tmp_path)
+
+
 def test_missing_file_offline_says_what_to_do(tmp_path):
     with pytest.raises(data.DatasetNotFoundError) as err:
         data.load_mnist("test", root=tmp_path)
@@ -92,7 +117,7 @@ def test_missing_file_offline_says_what_to_do(tmp_path):
 def test_fetch_uses_registry_and_verifies(server, tmp_path, monkeypatch):
     url, sha, payload = server
     reg = {"toy": {"folder": "toy", "files": {"good.bin": {"gzip": False, "sha256": sha}}, "mirrors": [url + "/"]}}
-    monkeypatch.setattr(data, "manifest", lambda: reg)
+    monkeypatch.setattr(data.registry, "manifest", lambda: reg)
     path = data.fetch("toy", "good.bin", root=tmp_path, download_missing=True)
     assert path == tmp_path / "toy" / "good.bin" and path.read_bytes() == payload
     path.write_bytes(b"tampered")
@@ -100,11 +125,15 @@ def test_fetch_uses_registry_and_verifies(server, tmp_path, monkeypatch):
         data.fetch("toy", "good.bin", root=tmp_path)
 
 
-def test_manifest_lists_sha256_for_every_file():
+def test_manifest_lists_a_checksum_for_every_file():
+    """SHA-256 everywhere, except an MD5 where that is all the publisher gives (CIFAR-10)."""
     for name, entry in data.manifest().items():
         assert entry["mirrors"], name
         for fname, meta in entry["files"].items():
-            assert len(meta["sha256"]) == 64, (name, fname)
+            if "sha256" in meta:
+                assert len(meta["sha256"]) == 64, (name, fname)
+            else:
+                assert len(meta["md5"]) == 32 and "MD5" in entry["description"], (name, fname)
 
 
 def test_load_mnist_test_split(shared_data):
@@ -122,7 +151,7 @@ def test_truncated_idx_file_names_the_file(shared_data, tmp_path):
     bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
     bad.write_bytes(gzip.compress(raw[:-100]))
     with pytest.raises(data.DataIntegrityError, match="t10k-labels-idx1-ubyte.gz"):
-        data._read_idx(bad, 0x801, ())
+        data.images._read_idx(bad, 0x801, ())
     bad.write_bytes(src.read_bytes()[:2000])  # truncated gzip stream
     with pytest.raises(data.DataIntegrityError, match="t10k-labels-idx1-ubyte.gz"):
         data.sha256_of(bad, gunzip=True)

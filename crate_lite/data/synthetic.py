@@ -1,0 +1,162 @@
+"""Embedded and synthetic data sets: nothing to download.
+
+- :func:`load_digits`: scikit-learn's 8x8 digits (ships with scikit-learn).
+- :func:`gaussians_on_sphere`, :func:`subspace_mixture`: the low-dimensional mixtures of
+  chapters 01-06.
+- :func:`synthetic_shapes`: small images of one or two coloured shapes on a textured
+  background, with their true masks (chapter 09 measures segmentation IoU against them).
+
+Random draws come from ``generator`` (a CPU ``torch.Generator``); ``None`` means a fixed
+default (seed 0), so the same call always returns the same data. ``seed=`` is still
+accepted as a shorthand for ``generator=torch.Generator().manual_seed(seed)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import _validate as v
+
+
+def _generator(generator: torch.Generator | None, seed: int | None = None) -> torch.Generator:
+    """The generator to draw from: ``generator``, else one seeded with ``seed`` (default 0)."""
+    if generator is not None and seed is not None:
+        raise ValueError("generator/seed: pass one of them, not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        return generator
+    return torch.Generator().manual_seed(0 if seed is None else v.integer("seed", seed))
+
+
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits (embedded, no download): X float32 (1797, 64) in [0, 1]
+    (pixels 0..16 divided by 16, row-major 8x8), y int64 (1797,)."""
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    return torch.tensor(bunch.data / 16.0, dtype=torch.float32), torch.tensor(bunch.target, dtype=torch.int64)
+
+
+def gaussians_on_sphere(
+    n_per_class: int,
+    means: torch.Tensor | int,
+    *,
+    dim: int = 3,
+    noise: float = 0.1,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixture of Gaussians projected onto the unit sphere S^{dim-1}.
+
+    ``means`` is a (K, dim) tensor of class centres or a number K of random unit centres.
+    Each point is normalize(mu_k + noise * g), g ~ N(0, I). Returns Z float32 (K n, dim)
+    with unit rows and labels int64 (K n,), class by class.
+    """
+    v.integer("n_per_class", n_per_class, minimum=1)
+    v.positive("noise", noise, allow_zero=True)
+    g = _generator(generator, seed)
+    if isinstance(means, int):
+        v.integer("means", means, minimum=1)
+        means = torch.randn(means, v.integer("dim", dim, minimum=1), generator=g)
+    means = v.tensor("means", means, ndim=2)
+    means = F.normalize(means.float(), dim=1)
+    K, d = means.shape
+    Z = means.repeat_interleave(n_per_class, 0) + noise * torch.randn(K * n_per_class, d, generator=g)
+    y = torch.arange(K).repeat_interleave(n_per_class)
+    return F.normalize(Z, dim=1), y
+
+
+def subspace_mixture(
+    n_per_class: int,
+    num_classes: int,
+    *,
+    dim: int,
+    sub_dim: int,
+    noise: float = 0.0,
+    orthogonal: bool = False,
+    normalize: bool = True,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Samples near a union of ``num_classes`` linear subspaces of dimension ``sub_dim`` in R^dim.
+
+    Class k has an orthonormal basis U_k (dim, sub_dim), random or (``orthogonal``) mutually
+    orthogonal; x = U_k c + noise * g with c, g standard normal, then scaled to unit norm
+    when ``normalize``. Returns X float32 (K n, dim), labels int64 (K n,), bases U (K, dim, sub_dim).
+    """
+    v.integer("n_per_class", n_per_class, minimum=1)
+    v.integer("num_classes", num_classes, minimum=1)
+    v.integer("sub_dim", sub_dim, minimum=1)
+    v.integer("dim", dim, minimum=sub_dim * num_classes if orthogonal else sub_dim)
+    v.positive("noise", noise, allow_zero=True)
+    g = _generator(generator, seed)
+    if orthogonal:
+        Q, _ = torch.linalg.qr(torch.randn(dim, num_classes * sub_dim, generator=g))
+        U = Q.T.reshape(num_classes, sub_dim, dim).mT  # (K, dim, sub_dim)
+    else:
+        U, _ = torch.linalg.qr(torch.randn(num_classes, dim, sub_dim, generator=g))  # (K, dim, sub_dim)
+    C = torch.randn(num_classes, n_per_class, sub_dim, generator=g)
+    X = (C @ U.mT).reshape(-1, dim)  # (K n, dim)
+    X = X + noise * torch.randn(X.shape, generator=g)
+    if normalize:
+        X = F.normalize(X, dim=1)
+    y = torch.arange(num_classes).repeat_interleave(n_per_class)
+    return X, y, U
+
+
+SHAPES = ("disc", "square", "triangle")
+
+
+def synthetic_shapes(
+    n: int, size: int = 32, *, max_shapes: int = 2, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images of one or two coloured shapes on a striped, noisy background, with true masks.
+
+    Image i has a kind ``labels[i]`` in ``SHAPES`` (disc, square, triangle) and 1 to
+    ``max_shapes`` shapes of that kind, each with its own colour, centre and radius (they
+    may overlap). The background is a random coloured grating plus pixel noise, so a
+    segmenter cannot just threshold brightness. Returns images float32 (n, 3, size, size)
+    in [0, 1], masks bool (n, size, size) (the union of the shapes: the foreground for
+    segmentation IoU) and labels int64 (n,).
+    """
+    v.integer("n", n, minimum=1)
+    v.integer("size", size, minimum=8)
+    v.integer("max_shapes", max_shapes, minimum=1)
+    g = _generator(generator)
+    S = max_shapes
+
+    def u(*shape: int) -> torch.Tensor:  # uniform [0, 1) draws from g
+        return torch.rand(*shape, generator=g)
+
+    labels = torch.randint(0, len(SHAPES), (n,), generator=g)  # (n,)
+    count = torch.randint(1, S + 1, (n,), generator=g)  # (n,) shapes per image
+    centre = 0.25 + 0.5 * u(n, S, 2)  # (n, S, 2) as (row, col) in [0.25, 0.75]
+    radius = 0.12 + 0.12 * u(n, S)  # (n, S)
+    colour = u(n, S, 3) * 0.7 + 0.3 * (u(n, S, 1) < 0.5)  # (n, S, 3), some bright, some dark
+    # background: a grating of random frequency, angle, phase and colour, plus noise
+    coords = (torch.arange(size) + 0.5) / size  # (size,)
+    rows, cols = coords[:, None], coords[None, :]  # (size, 1), (1, size)
+    freq, angle, phase = 2 + 4 * u(n, 1, 1), math.pi * u(n, 1, 1), 2 * math.pi * u(n, 1, 1)
+    wave = torch.sin(2 * math.pi * freq * (rows * torch.cos(angle) + cols * torch.sin(angle)) + phase)  # (n, H, W)
+    base, amp = 0.3 + 0.4 * u(n, 3, 1, 1), 0.15 * u(n, 3, 1, 1)  # (n, 3, 1, 1)
+    images = base + amp * wave[:, None] + 0.05 * torch.randn(n, 3, size, size, generator=g)  # (n, 3, H, W)
+    # shapes, in normalised coordinates relative to each centre: dy, dx (n, S, H, W)
+    dy = rows[None, None] - centre[..., 0, None, None]
+    dx = cols[None, None] - centre[..., 1, None, None]
+    r = radius[..., None, None]  # (n, S, 1, 1)
+    inside = torch.stack(
+        [
+            dy**2 + dx**2 <= r**2,  # disc
+            torch.maximum(dy.abs(), dx.abs()) <= 0.85 * r,  # square
+            (dy.abs() <= r) & (dx.abs() <= (dy + r) / 2),  # triangle, apex up
+        ]
+    )  # (3, n, S, H, W)
+    shapes = inside[labels, torch.arange(n)]  # (n, S, H, W): each image's kind
+    shapes &= (torch.arange(S)[None, :] < count[:, None])[..., None, None]  # drop unused slots
+    for s in range(S):  # later shapes are painted over earlier ones
+        images = torch.where(shapes[:, s, None], colour[:, s, :, None, None], images)
+    return images.clamp(0, 1), shapes.any(dim=1), labels

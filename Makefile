@@ -10,7 +10,13 @@ TORCH      ?= torch==2.13.0
 TORCH_INDEX ?= $(shell if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then echo https://download.pytorch.org/whl/cpu; fi)
 CHAPTERS   := $(sort $(wildcard chapters/[0-9][0-9]_*.py))
 NOTEBOOKS  := $(CHAPTERS:.py=.ipynb)
-CELL_TIMEOUT ?= 300
+# make nb runs one chapter under nbval in this profile (smoke, cpu or gpu); its time budget
+# in that profile comes from docs/times.json (root conftest.py)
+PROFILE    ?= smoke
+CELL_TIMEOUT ?= $(if $(filter smoke,$(PROFILE)),300,1800)
+# where make course writes the executed chapters; results go to $(CRATE_BUILD)/results
+CRATE_BUILD ?= $(CURDIR)/build
+COURSE_OUT ?= $(CRATE_BUILD)/course
 export CRATE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 
 .PHONY: setup lab test test-unit test-notebooks nb notebooks course student results clean help
@@ -20,7 +26,7 @@ help:
 	@echo "make test     set up (first time), run unit tests and every chapter (smoke profile)"
 	@echo "make course   run every chapter (default profile) into build/, with HTML"
 	@echo "make student  write student versions into build/student/"
-	@echo "make nb CH=02_coding_rate   run one chapter under nbval (smoke profile)"
+	@echo "make nb CH=02_coding_rate   run one chapter under nbval (smoke profile; PROFILE=cpu for cpu)"
 
 setup: $(STAMP)
 
@@ -57,15 +63,16 @@ test-notebooks: $(STAMP) $(NOTEBOOKS)
 	  --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
 
 nb: $(STAMP) chapters/$(CH).ipynb
-	CRATE_PROFILE=smoke CRATE_BUILD=$(CURDIR)/build/smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	CRATE_PROFILE=$(PROFILE) CRATE_BUILD=$(CURDIR)/build/$(PROFILE) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=$(CELL_TIMEOUT) chapters/$(CH).ipynb
 
 course: $(STAMP) $(NOTEBOOKS)
-	@mkdir -p build/course
+	@mkdir -p $(COURSE_OUT)
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-	  --output-dir build/course $(NOTEBOOKS)
-	$(BIN)/jupyter nbconvert --to html --output-dir build/course build/course/*.ipynb
-	$(BIN)/python -m crate_lite.results
+	  --output-dir $(COURSE_OUT) $(NOTEBOOKS)
+	$(BIN)/jupyter nbconvert --to html --output-dir $(COURSE_OUT) $(addprefix $(COURSE_OUT)/,$(notdir $(NOTEBOOKS)))
+	CRATE_BUILD=$(CRATE_BUILD) $(BIN)/python -m crate_lite.results
+	$(BIN)/python docs/times.py compare $${CRATE_PROFILE:-cpu} $(COURSE_OUT)
 
 student: $(STAMP)
 	$(BIN)/python -m crate_lite.classroom student $(CHAPTERS) --out build/student

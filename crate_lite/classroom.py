@@ -1,4 +1,4 @@
-"""Classroom tooling: student versions of chapters and a grader (COURSE.md section 8).
+"""Classroom tooling: student versions of chapters and a grader (docs/design.md, section 8).
 
 Instructor sources mark solutions in two ways:
 - inside a code cell, lines between ``# BEGIN SOLUTION`` and ``# END SOLUTION``: the
@@ -10,8 +10,12 @@ student version too; :func:`grade` runs them after the student's notebook.
 
 Command line::
 
-    python -m crate_lite.classroom student chapters/02_coding_rate.py build/student/
+    python -m crate_lite.classroom student chapters/02_coding_rate.py --out build/student
     python -m crate_lite.classroom grade build/student/02_coding_rate.ipynb chapters/02_coding_rate.py
+
+``student`` writes ``build/student/02_coding_rate.ipynb`` (``--out`` names the folder;
+default ``build/student``); ``grade`` runs that notebook, then the chapter's hidden tests,
+and prints a score per exercise.
 """
 from __future__ import annotations
 

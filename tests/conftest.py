@@ -1,4 +1,5 @@
 """Shared fixtures: the test data root and a marker for tests that need it."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "datasets"
 
 
 @pytest.fixture(autouse=True)
@@ -30,9 +30,10 @@ def _one_thread():
 
 @pytest.fixture
 def shared_data(monkeypatch) -> Path:
-    """The shared test data root (``$CRATE_DATA`` or ``../shared/datasets``); skips if absent."""
-    root = Path(os.environ.get("CRATE_DATA") or SHARED)
+    """The test data root ``$CRATE_DATA`` (``make test`` and ``.ci/run`` set it to the
+    test-data folder beside the checkout when that exists); skips if it holds no MNIST."""
+    root = Path(os.environ.get("CRATE_DATA") or ROOT / "datasets")
     if not (root / "mnist").is_dir():
-        pytest.skip(f"shared test data not found at {root} (set CRATE_DATA)")
+        pytest.skip(f"test data not found at {root} (set CRATE_DATA to a folder holding mnist/)")
     monkeypatch.setenv("CRATE_DATA", str(root))
     return root

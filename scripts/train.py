@@ -1,97 +1,211 @@
 #!/usr/bin/env python
-"""Train CRATE (or the matched ViT) on a registered data set; works alone or under torchrun.
+"""Train CRATE (or the matched ViT) on an image classification set; works alone or under torchrun.
 
     python scripts/train.py --model crate --data mnist --steps 2000
     torchrun --standalone --nproc_per_node=2 scripts/train.py --data digits --steps 50
 
-``--batch-size`` is the global batch: under torchrun each of the WORLD_SIZE processes
-takes its slice (gloo on the CPU, nccl on CUDA). ``--checkpoint PATH`` saves there (every
-``--checkpoint-every`` steps and at the end) and resumes from it when it exists.
-``--out FILE.json`` writes the final numbers (rank 0).
-Data: ``digits`` (8x8, embedded) or ``mnist`` (28x28; the full training set when it is in
-the data root, otherwise the 10,000 test images split 8,000 train / 2,000 test with a
-fixed seed: the script prints which).
+``--batch-size`` is the global batch: under torchrun each of the WORLD_SIZE processes takes
+its share (gloo on the CPU, nccl on CUDA), and ``--accum-steps A`` splits each share into A
+micro-batches whose gradients are summed before the step. ``--checkpoint PATH`` saves there
+(every ``--checkpoint-every`` steps and at the end) and resumes from it when it exists
+(``--no-resume`` starts afresh and overwrites it). ``--ema-decay`` also keeps an average of
+the weights and reports its test accuracy (``ema_test_acc``). ``--out FILE.json`` writes the
+final numbers (rank 0). Every flag is checked before any data is loaded.
+Data: ``digits`` (8x8, embedded), ``mnist`` (28x28; the full training set when it is in the
+data root, otherwise the 10,000 test images split 8,000 train / 2,000 test with a fixed
+seed) or ``cifar10`` (32x32 RGB; the full set when present, else the local subset): the
+script prints which.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 import sys
-from pathlib import Path
 
 import torch
 
-from crate_lite import crate
-from crate_lite.baselines import ViT
-from crate_lite.train import TrainConfig, cleanup_distributed, fit, init_distributed, load_classification, random_shift
+from crate_lite import data, train
+from crate_lite.models import CRATE, CRATEConfig, ViT
+from crate_lite.train.checkpoint import prepare_checkpoint_path
+from crate_lite.utils import atomic_write
+
+IMAGE_SIZE = {"digits": 8, "mnist": 28, "cifar10": 32}
+DEFAULT_PATCH = {"digits": 2, "mnist": 7, "cifar10": 4}
+
+
+def _number(kind: type, minimum: float, *, strict: bool = False):
+    """argparse type: a ``kind`` number >= ``minimum`` (> with ``strict``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (strict and value == minimum):
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"expected {what} {'>' if strict else '>='} {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = _number(float, 0.0)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    pos_int, nonneg_int, pos_float = _number(int, 1), _number(int, 0), _number(float, 0.0, strict=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--model", choices=["crate", "vit"], default="crate", help="CRATE or the matched ViT (default %(default)s)")
+    add("--data", choices=["digits", "mnist", "cifar10"], default="mnist", help="data set (default %(default)s)")
+    add("--dim", type=pos_int, default=128, help="width d (default %(default)s)")
+    add("--depth", type=pos_int, default=4, help="number of layers L (default %(default)s)")
+    add("--heads", type=pos_int, default=4, help="heads K, a divisor of --dim; head dim = dim / heads (default 4)")
+    add("--patch", type=pos_int, default=None, help="patch size in pixels (default 2, 7, 4 for digits, mnist, cifar10)")
+    add("--steps", type=pos_int, default=1000, help="optimizer steps (default %(default)s)")
+    add("--batch-size", type=pos_int, default=128, help="global batch, split across processes (default %(default)s)")
+    add("--accum-steps", type=pos_int, default=1, help="micro-batches per process and step (default %(default)s)")
+    add("--lr", type=pos_float, default=2e-3, help="peak AdamW learning rate (default %(default)s)")
+    add("--weight-decay", type=_number(float, 0.0), default=0.05, help="AdamW decay on matrices (default %(default)s)")
+    add("--warmup", type=nonneg_int, default=50, help="linear warm-up steps before the cosine (default %(default)s)")
+    add("--label-smoothing", type=_fraction, default=0.0, help="label smoothing eps in [0, 1) (default 0)")
+    add("--ema-decay", type=_fraction, default=None, help="keep an EMA of the weights with this decay; report it")
+    add("--shift", type=nonneg_int, default=0, help="random translation augmentation, pixels (default 0)")
+    add("--eval-every", type=nonneg_int, default=0, help="evaluate every N steps; 0: only at the end (default)")
+    add("--checkpoint", default=None, help="checkpoint file: saved there, resumed from when it exists")
+    add("--checkpoint-every", type=nonneg_int, default=0, help="save every N steps; 0: only at the end (default)")
+    add("--no-resume", action="store_true", help="start afresh even if --checkpoint exists (overwrites it)")
+    add("--seed", type=nonneg_int, default=0, help="seed of the weights, data order and split (default 0)")
+    add("--threads", type=pos_int, default=None, help="torch CPU threads per process (default: torch's)")
+    add("--device", default=None, help="device, e.g. cuda or cpu (default: cuda:LOCAL_RANK under torchrun, else cpu)")
+    add("--compile", action="store_true", help="wrap the model in torch.compile")
+    add("--no-progress", action="store_true", help="no progress bar (also silent when CI is set)")
+    add("--out", default=None, help="write final numbers as JSON here (rank 0)")
+    return p
+
+
+def check(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.TrainConfig:
+    """Cross-flag checks and the TrainConfig, before any data is loaded (argparse-style errors)."""
+    if a.dim % a.heads:
+        p.error(f"--heads: expected a divisor of --dim={a.dim}, got {a.heads}")
+    size, a.patch = IMAGE_SIZE[a.data], a.patch or DEFAULT_PATCH[a.data]
+    if size % a.patch:
+        p.error(f"--patch: expected a divisor of the image size {size} of --data={a.data}, got {a.patch}")
+    if a.batch_size % a.accum_steps:
+        p.error(f"--batch-size: expected a multiple of --accum-steps={a.accum_steps}, got {a.batch_size}")
+    if a.checkpoint is not None:
+        try:
+            prepare_checkpoint_path(a.checkpoint)
+        except train.CheckpointError as err:
+            p.error(f"--checkpoint: {err}")
+    try:
+        return train.TrainConfig(
+            steps=a.steps,
+            batch_size=a.batch_size,
+            accum_steps=a.accum_steps,
+            lr=a.lr,
+            weight_decay=a.weight_decay,
+            warmup_steps=a.warmup,
+            ema_decay=a.ema_decay,
+            eval_every=a.eval_every,
+            checkpoint=a.checkpoint,
+            checkpoint_every=a.checkpoint_every,
+            resume=not a.no_resume,
+            seed=a.seed,
+            compile=a.compile,
+            progress=not a.no_progress,
+            device=a.device,
+        )
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
+
+
+def build_model(a: argparse.Namespace, X: torch.Tensor) -> tuple[torch.nn.Module, CRATEConfig]:
+    size, channels = X.shape[-1], X.shape[1]
+    cfg = CRATEConfig(
+        image_size=size,
+        patch_size=a.patch,
+        channels=channels,
+        num_classes=10,
+        dim=a.dim,
+        depth=a.depth,
+        heads=a.heads,
+        dim_head=a.dim // a.heads,
+    )
+    torch.manual_seed(a.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    return (CRATE(cfg) if a.model == "crate" else ViT(cfg)), cfg
+
+
+def run(a: argparse.Namespace, tc: train.TrainConfig, rank: int, world: int) -> dict | None:
+    (X, y), (X_test, y_test), desc = data.load_classification(a.data, seed=a.seed)
+    model, cfg = build_model(a, X)
+    params = sum(q.numel() for q in model.parameters())
+    if rank == 0:
+        print(f"data: {desc}; world size {world}; {a.model}: {params:,} params")
+    scores = train.evaluate_classification(X_test, y_test)
+    holder = {}
+
+    def evaluate(net: torch.nn.Module) -> dict:  # the model's scores, and the EMA's when there is one
+        out = scores(net)
+        if holder.get("ema") is not None:
+            out.update({f"ema_{k}": x for k, x in scores(holder["ema"].module).items()})
+        return out
+
+    if tc.ema_decay is not None:
+        holder["ema"] = train.EMA(model)
+    res = train.fit(
+        model,
+        train.classification_loss(a.label_smoothing),
+        (X, y),
+        tc,
+        evaluate=evaluate,
+        augment=data.random_shift(a.shift) if a.shift else None,
+        ema=holder.get("ema"),
+        desc=a.model,
+    )
+    if rank != 0:
+        return None
+    return {
+        "model": a.model,
+        "data": desc,
+        "world_size": world,
+        "steps": res.steps,
+        "final_loss": res.final_loss,
+        **res.evaluation,
+        "wall_s": res.wall_s,
+        "examples_per_s": res.examples_per_s,
+        "config": dataclasses.asdict(tc),
+        "model_config": cfg.to_dict(),
+        "params": params,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["crate", "vit"], default="crate", help="CRATE or the matched ViT (default %(default)s)")
-    p.add_argument("--data", choices=["digits", "mnist"], default="mnist", help="data set (default %(default)s)")
-    p.add_argument("--dim", type=int, default=None, help="width d (default 128)")
-    p.add_argument("--depth", type=int, default=None, help="number of layers L (default 4)")
-    p.add_argument("--heads", type=int, default=None, help="heads K, a divisor of --dim; head dim = dim / heads (default 4)")
-    p.add_argument("--patch", type=int, default=None, help="patch size in pixels (default 7 for 28 px, 2 for 8 px)")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch, split across processes (default %(default)s)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps before the cosine (default %(default)s)")
-    p.add_argument("--shift", type=int, default=0, help="random translation augmentation, pixels (default %(default)s)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps; 0: only at the end (default)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file: saved there, resumed from when it exists")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps; 0: only at the end (default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and split (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (also silent when CI is set)")
-    p.add_argument("--out", default=None, help="write final numbers as JSON here (rank 0)")
+    p = parser()
     a = p.parse_args(argv)
-    dim, heads = a.dim or 128, a.heads or 4
-    if heads < 1 or dim % heads:
-        p.error(f"--heads: expected a positive divisor of --dim={dim}, got {heads}")
-
+    tc = check(p, a)
     if a.threads:
         torch.set_num_threads(a.threads)
-    rank, world, _ = init_distributed()
+    rank, world, _ = train.init_distributed()
     try:
-        train, test, desc = load_classification(a.data, seed=a.seed)
-        size = train[0].shape[-1]
-        defaults = dict(image_size=size, patch_size=7 if size == 28 else 2, channels=1, dim=128, depth=4, heads=4)
-        given = dict(patch_size=a.patch, dim=a.dim, depth=a.depth, heads=a.heads)
-        cfg_kw = {**defaults, **{k: val for k, val in given.items() if val is not None}}
-        cfg_kw["dim_head"] = cfg_kw["dim"] // cfg_kw["heads"]
-        cfg = crate.CRATEConfig(num_classes=10, **cfg_kw)
-        torch.manual_seed(a.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-        model = crate.CRATE(cfg) if a.model == "crate" else ViT(cfg)
-        tc = TrainConfig(
-            steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-            warmup_steps=a.warmup, eval_every=a.eval_every, checkpoint=a.checkpoint,
-            checkpoint_every=a.checkpoint_every, seed=a.seed,
-            progress=not a.no_progress,
-        )
-        if rank == 0:
-            print(f"data: {desc}; world size {world}; {a.model}: {sum(q.numel() for q in model.parameters()):,} params")
-        res = fit(model, train, tc, test=test, augment=random_shift(a.shift) if a.shift else None, desc=a.model)
-        if rank == 0:
-            out = {
-                "model": a.model, "data": desc, "world_size": world, "steps": res.steps,
-                "final_loss": res.final_loss, "test_acc": res.test_acc, "test_loss": res.test_loss,
-                "wall_s": res.wall_s, "images_per_s": res.images_per_s, "config": dataclasses.asdict(tc),
-                "model_config": cfg.to_dict(), "params": sum(q.numel() for q in model.parameters()),
-            }
-            print(json.dumps({k: out[k] for k in ("steps", "final_loss", "test_acc", "test_loss", "wall_s", "images_per_s")}))
-            if a.out:
-                path = Path(a.out)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(out, indent=2))
-                os.replace(tmp, path)
+        out = run(a, tc, rank, world)
+    except train.ResumeConflictError as err:
+        p.error(f"--checkpoint: {err}".replace("resume=False", "--no-resume"))  # the flag that sets it
+    except train.CheckpointError as err:
+        p.error(f"--checkpoint: {err}")
     finally:
-        cleanup_distributed()
+        train.cleanup_distributed()
+    if out is not None:
+        keys = ("steps", "final_loss", "test_acc", "test_loss", "ema_test_acc", "wall_s", "examples_per_s")
+        print(json.dumps({k: out[k] for k in keys if k in out}))
+        if a.out:
+            atomic_write(a.out, json.dumps(out, indent=2))
     return 0
 
 

@@ -1,15 +1,20 @@
-"""Argument validation shared by every public function of ``crate_lite``.
+"""Argument validation shared by every public function of ``crate_lite``: the one home of
+every check (tensors, shapes, numbers, flags, labels, soft memberships, token tensors).
 
-Each helper raises a ``TypeError`` or ``ValueError`` whose message names the
-argument, what was expected and what was received (COURSE.md section 7).
+Each helper raises a ``TypeError`` (wrong kind) or ``ValueError`` (right kind, bad value)
+whose message names the argument, what was expected and what was received, and returns
+the checked value (converted where the docstring says so).
 """
+
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 
+# ----------------------------------------------------------------------------- tensors and shapes
 def tensor(
     name: str,
     x: object,
@@ -19,15 +24,14 @@ def tensor(
     floating: bool = True,
     finite: bool = True,
 ) -> torch.Tensor:
-    """Check that ``x`` is a tensor with the stated rank, dtype kind and finite entries."""
+    """Check that ``x`` is a tensor with the stated rank, dtype kind and finite entries.
+    ``floating`` means a real floating dtype (complex tensors are refused)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
     if min_ndim is not None and x.ndim < min_ndim:
-        raise ValueError(
-            f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
     if floating and not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
     if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
@@ -49,15 +53,102 @@ def shape(name: str, x: torch.Tensor, expected: Sequence[int | None]) -> None:
         raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
 
 
-def positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    """Check that ``value`` is a real number > 0 (or >= 0 with ``allow_zero``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def rows(name: str, x: object, *, batched: bool = False) -> torch.Tensor:
+    """A finite real floating data matrix, rows as samples: (N, d), or (..., N, d) when
+    ``batched``, with N >= 1 and d >= 1."""
+    x = tensor(name, x, min_ndim=2) if batched else tensor(name, x, ndim=2)
+    if x.shape[-2] < 1 or x.shape[-1] < 1:
+        want = "(..., N, d)" if batched else "(N, d)"
+        raise ValueError(f"{name}: expected shape {want} with N >= 1 and d >= 1, got {tuple(x.shape)}")
+    return x
+
+
+def tokens(name: str, x: object, dim: int | None = None, *, finite: bool = False) -> torch.Tensor:
+    """A floating token tensor (B, N, d), with d = ``dim`` when given. Entries are checked
+    for NaN/inf only with ``finite`` (that check synchronises a GPU)."""
+    x = tensor(name, x, ndim=3, finite=finite)
+    if dim is not None and x.shape[-1] != dim:
+        raise ValueError(f"{name}: expected shape (B, N, {dim}), got {tuple(x.shape)}")
+    return x
+
+
+def symmetric(name: str, A: torch.Tensor, *, rtol: float | None = None) -> torch.Tensor:
+    """Check that the square matrices ``A`` (..., n, n) are symmetric:
+    max |A - A^T| <= rtol max |A|, with ``rtol`` = sqrt(machine epsilon) of A's dtype by
+    default (3e-4 in float32, 1.5e-8 in float64: rounding in A = X^T X passes)."""
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"{name}: expected square matrices (..., n, n), got shape {tuple(A.shape)}")
+    if rtol is None:
+        rtol = torch.finfo(A.dtype).eps ** 0.5 if A.is_floating_point() else 0.0
+    with torch.no_grad():
+        scale = float(A.abs().amax()) if A.numel() else 0.0
+        asym = float((A - A.mT).abs().amax()) if A.numel() else 0.0
+    if asym > rtol * scale:
+        raise ValueError(
+            f"{name}: expected a symmetric matrix, got max |A - A^T| = {asym:.3g} "
+            f"(> {rtol:.1g} x max |A| = {rtol * scale:.3g}); pass (A + A^T) / 2 if that is meant"
+        )
+    return A
+
+
+def basis(name: str, A: torch.Tensor) -> torch.Tensor:
+    """Check that the columns of ``A`` (d, p) are linearly independent (a basis of a
+    p-dimensional subspace): smallest singular value > max(d, p) u times the largest."""
+    if A.shape[-1] > A.shape[-2]:
+        raise ValueError(f"{name}: expected at most d={A.shape[-2]} basis vectors (d, p), got shape {tuple(A.shape)}")
+    if A.shape[-1] < 1:
+        raise ValueError(f"{name}: expected at least one basis vector, got shape {tuple(A.shape)}")
+    with torch.no_grad():
+        s = torch.linalg.svdvals(A)
+    tol = max(A.shape) * torch.finfo(A.dtype).eps * float(s[0])
+    rank = int((s > tol).sum())
+    if rank < A.shape[-1]:
+        raise ValueError(
+            f"{name}: expected {A.shape[-1]} linearly independent columns (a basis), got rank {rank}"
+            + (" (all zeros)" if float(s[0]) == 0 else "")
+        )
+    return A
+
+
+# ----------------------------------------------------------------------------- numbers and flags
+def _real(name: str, value: object) -> float:
+    """``value`` as a float: Python and NumPy real scalars, and 0-d real tensors that do not
+    require grad (a float would cut their graph silently)."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(
+                f"{name}: expected a real number, got a tensor of shape {tuple(value.shape)} dtype {value.dtype}"
+            )
+        if value.requires_grad:
+            raise TypeError(
+                f"{name}: expected a number, got a tensor that requires grad (its graph would be cut); "
+                "pass a float, or compute this quantity from tensors yourself to differentiate it"
+            )
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
+    return float(value)
+
+
+def positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Check that ``value`` is a real number > 0 (or >= 0 with ``allow_zero``); returns a float.
+    NumPy scalars and 0-d tensors without grad are accepted."""
+    value = _real(name, value)
     bad = value < 0 if allow_zero else value <= 0
     if bad or value != value or value == float("inf"):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+    return value
+
+
+def eps(value: object, name: str = "eps") -> float:
+    """The distortion ``eps`` (epsilon, not epsilon squared): a number in [1e-150, 1e150],
+    so that eps^2 is a normal float64."""
+    value = positive(name, value)
+    if not 1e-150 <= value <= 1e150:
+        raise ValueError(
+            f"{name}: expected 1e-150 <= {name} <= 1e150 so that {name}^2 is a normal float, got {value:g}"
+        )
     return value
 
 
@@ -70,8 +161,91 @@ def integer(name: str, value: object, *, minimum: int | None = None) -> int:
     return value
 
 
+def flag(name: str, value: object) -> bool:
+    """Check that ``value`` is a bool (``True``/``False``; 0, 1, "no" and None are refused,
+    since ``bool("no")`` is True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__} {value!r}")
+    return value
+
+
 def choice(name: str, value: object, options: Sequence[object]) -> object:
     """Check that ``value`` is one of ``options``."""
     if value not in options:
         raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
     return value
+
+
+def generator(name: str, value: object) -> torch.Generator | None:
+    """Check that ``value`` is a ``torch.Generator`` or None."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
+# ----------------------------------------------------------------------------- labels and memberships
+def labels(
+    name: str,
+    y: object,
+    n: int | None = None,
+    *,
+    num_classes: int | None = None,
+    all_present: bool = False,
+    batched: bool = False,
+) -> torch.Tensor:
+    """Integer class labels: shape (N,) (or (..., N) when ``batched``) with N = ``n`` when
+    given, entries 0 <= y < ``num_classes`` (when given), every class 0..K-1 with a sample
+    when ``all_present``. Float, bool and complex tensors are refused (a fractional label
+    has no class). Returns the labels as int64."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of integer class labels, got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer class labels (e.g. int64), got dtype {y.dtype}")
+    if (y.ndim < 1) if batched else (y.ndim != 1):
+        raise ValueError(f"{name}: expected shape {'(..., N)' if batched else '(N,)'}, got {tuple(y.shape)}")
+    if n is not None and y.shape[-1] != n:
+        want = f"(..., N={n})" if batched else f"(N={n},)"
+        raise ValueError(f"{name}: expected shape {want}, one label per sample, got {tuple(y.shape)}")
+    if y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0:
+            raise ValueError(f"{name}: expected class indices >= 0, got {lo}")
+        if num_classes is not None and hi >= num_classes:
+            raise ValueError(f"{name}: expected class indices in 0..{num_classes - 1}, got {hi}")
+    if all_present:
+        if y.numel() == 0:
+            raise ValueError(f"{name}: expected at least one sample, got 0")
+        counts = torch.bincount(y.reshape(-1).long())
+        if bool((counts == 0).any()):
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            raise ValueError(
+                f"{name}: expected every class 0..{len(counts) - 1} to have samples, classes {missing} are empty"
+            )
+    return y.long()
+
+
+def memberships(name: str, Pi: object, n: int | None = None) -> torch.Tensor:
+    """Soft memberships Pi (..., N, K), rows as samples: finite floating entries >= 0,
+    K >= 1, each row (sample) summing to 1 (tolerance max(1e-5, 8 u)); N = ``n`` when given.
+    (In the math's column layout this is Pi (K, N) with columns summing to 1.)"""
+    Pi = tensor(name, Pi, finite=False)
+    if Pi.ndim < 2:
+        raise ValueError(f"{name}: expected (N, K) soft memberships, got shape {tuple(Pi.shape)}")
+    if n is not None and Pi.shape[-2] != n:
+        raise ValueError(
+            f"{name}: expected shape (N={n}, K) soft memberships (one row per sample), got {tuple(Pi.shape)}"
+        )
+    if Pi.shape[-1] < 1:
+        raise ValueError(f"{name}: expected at least one class (K >= 1), got shape {tuple(Pi.shape)}")
+    with torch.no_grad():
+        if not bool(torch.isfinite(Pi).all()):
+            raise ValueError(f"{name}: expected finite soft memberships, got NaN or inf")
+        if bool((Pi < 0).any()):
+            raise ValueError(f"{name}: expected soft memberships >= 0, got minimum {float(Pi.min()):.3g}")
+        tol = max(1e-5, 8 * torch.finfo(Pi.dtype).eps)
+        dev = float((Pi.to(torch.float64).sum(-1) - 1).abs().max()) if Pi.numel() else 0.0
+    if dev > tol:
+        raise ValueError(
+            f"{name}: expected rows of soft memberships summing to 1 (tolerance {tol:g}), got a row off by {dev:.3g}"
+        )
+    return Pi

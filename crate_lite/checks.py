@@ -5,6 +5,7 @@ Each check prints one line saying what it compared and how closely, and raises a
 comparison fails. A check that cannot fail is not a check: every function here
 compares two independently computed quantities.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

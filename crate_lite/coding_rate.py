@@ -28,9 +28,8 @@ In float64, three evaluations are combined, each used where it is accurate:
 
 All three are differentiable with torch.autograd and finite for every finite input.
 """
-from __future__ import annotations
 
-import numbers
+from __future__ import annotations
 
 import torch
 
@@ -38,30 +37,6 @@ from . import _validate as v
 
 _U64 = torch.finfo(torch.float64).eps
 _REL = 1e-11  # target relative error bound that selects the evaluation
-
-
-def _check_z(Z: object) -> torch.Tensor:
-    """Validate a data matrix ``Z`` (..., N, d): floating, finite, N >= 1 and d >= 1."""
-    Z = v.tensor("Z", Z, min_ndim=2)
-    if Z.is_complex():
-        raise TypeError(f"Z: expected a real floating-point tensor, got dtype {Z.dtype}")
-    if Z.shape[-2] < 1 or Z.shape[-1] < 1:
-        raise ValueError(f"Z: expected shape (..., N, d) with N >= 1 and d >= 1, got {tuple(Z.shape)}")
-    return Z
-
-
-def _check_eps(eps: object) -> float:
-    """``eps`` as a Python float > 0; numpy scalars and 0-d real tensors are accepted."""
-    if isinstance(eps, torch.Tensor):
-        if eps.ndim != 0 or eps.is_complex() or eps.dtype == torch.bool:
-            raise TypeError(f"eps: expected a real number, got a tensor of shape {tuple(eps.shape)} dtype {eps.dtype}")
-        eps = eps.item()
-    elif isinstance(eps, numbers.Real) and not isinstance(eps, (bool, int, float)):
-        eps = float(eps)  # numpy scalars
-    eps = v.positive("eps", eps)
-    if not 1e-150 <= eps <= 1e150:  # eps^2 would underflow to 0 or overflow in float64
-        raise ValueError(f"eps: expected 1e-150 <= eps <= 1e150 so that eps^2 is a normal float, got {eps:g}")
-    return eps
 
 
 def _work(X: torch.Tensor) -> torch.Tensor:
@@ -84,7 +59,7 @@ def _gram_too_coarse(X: torch.Tensor, a: torch.Tensor, ld: torch.Tensor) -> torc
     below ``_REL`` of logdet(I + A) = ``ld`` (...): then use the stacked QR (2.5). Shape (...)."""
     with torch.no_grad():
         trace = a * X.square().sum((-2, -1))  # tr(A), (...)
-        return X.shape[-1] * _U64 * trace > _REL * ld
+        return (X.shape[-1] * _U64 * trace > _REL * ld) | ~torch.isfinite(ld)
 
 
 def _logdet_qr(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -92,6 +67,21 @@ def _logdet_qr(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     stacked matrix (eq. 2.5): |det R| = det(I + a X^T X)^{1/2}. Shape (...)."""
     R = _stacked_r(X, a)  # (..., n, n)
     return 2.0 * torch.log(torch.diagonal(R, dim1=-2, dim2=-1).abs()).sum(-1)
+
+
+def _log1p_scaled_norm(X: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """log(1 + a ||X||_F^2) for X (..., m, 1) and a (...) > 0: logdet(I + a X^T X) when
+    min(N, d) = 1. Computed as log(1 + exp(log a + 2 log c + log s)) with c = max |x_i| and
+    s = ||X / c||^2 in [1, m], so that no square overflows (entries of 1e200 stay finite)
+    and tiny results keep their digits (logaddexp is log1p(exp(t)) for t << 0). X = 0
+    gives 0 with a zero gradient. Shape (...)."""
+    c = X.abs().amax((-2, -1))  # (...)
+    nonzero = c > 0
+    c_safe = torch.where(nonzero, c, torch.ones_like(c))
+    s = (X / c_safe[..., None, None]).square().sum((-2, -1))  # (...), in [1, m] where X != 0
+    s_safe = torch.where(nonzero, s, torch.ones_like(s))
+    t = torch.log(a) + 2 * torch.log(c_safe) + torch.log(s_safe)  # log(a ||X||^2)
+    return torch.where(nonzero, torch.logaddexp(torch.zeros_like(t), t), torch.zeros_like(t))
 
 
 def _half_logdet(X: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
@@ -103,6 +93,8 @@ def _half_logdet(X: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
         X = X.mT  # (..., m, n) with n <= m: X^T X is the smaller Gram matrix
     n = X.shape[-1]
     a = torch.as_tensor(a, dtype=X.dtype, device=X.device).expand(X.shape[:-2])  # (...)
+    if n == 1:
+        return 0.5 * _log1p_scaled_norm(X, a)
     A = a[..., None, None] * (X.mT @ X)  # (..., n, n)
     eye = torch.eye(n, dtype=X.dtype, device=X.device)
     L, info = torch.linalg.cholesky_ex(eye + A)
@@ -123,14 +115,13 @@ def _half_logdet(X: torch.Tensor, a: torch.Tensor | float) -> torch.Tensor:
 
 def logdet_i_plus(A: torch.Tensor) -> torch.Tensor:
     """logdet(I + A) for symmetric positive semi-definite A (..., n, n), never NaN.
+    A matrix that is not symmetric (to sqrt(u) relative) is refused with a ValueError.
 
     Evaluated in float64 (returned in A's dtype): Cholesky of I + A; where it fails
     (A not numerically PSD), the eigenvalues of A clamped at 0 give sum log(1 + lambda_i).
     Prefer :func:`coding_rate` when a factor X of A = a X^T X is at hand (more accurate).
     """
-    A = v.tensor("A", A, min_ndim=2)
-    if A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"A: expected square matrices (..., n, n), got shape {tuple(A.shape)}")
+    A = v.symmetric("A", v.tensor("A", A, min_ndim=2))
     A64 = _work(A)
     n = A.shape[-1]
     L, info = torch.linalg.cholesky_ex(A64 + torch.eye(n, dtype=A64.dtype, device=A64.device))
@@ -149,8 +140,8 @@ def coding_rate(Z: torch.Tensor, eps: float) -> torch.Tensor:
     when d <= N, else N x N. Evaluated in float64, returned in ``Z``'s dtype, shape (...),
     in nats. ``eps`` is epsilon (> 0), not epsilon squared.
     """
-    Z = _check_z(Z)
-    eps = _check_eps(eps)
+    Z = v.rows("Z", Z, batched=True)
+    eps = v.eps(eps)
     N, d = Z.shape[-2:]
     R = _half_logdet(_work(Z), d / (N * eps**2))  # (...)
     return R.to(device=Z.device, dtype=Z.dtype)
@@ -172,8 +163,8 @@ def coding_rate_grad(Z: torch.Tensor, eps: float) -> torch.Tensor:
     is accurate to more than about alpha ||Z||^2 u there; a float32 Z is exact in float64
     and its gradient comes out accurate.
     """
-    Z = _check_z(Z)
-    eps = _check_eps(eps)
+    Z = v.rows("Z", Z, batched=True)
+    eps = v.eps(eps)
     N, d = Z.shape[-2:]
     X = _work(Z)
     F = X if d <= N else X.mT  # (..., m, n), n = min(N, d): the factor, Gram F^T F
@@ -214,42 +205,23 @@ def _batched_memberships(labels: object, N: int, batch: tuple[int, ...]) -> torc
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"labels: expected integer (..., N) or floating (..., N, K), got dtype {labels.dtype}")
     soft = labels.is_floating_point()
-    lead = labels.shape[:-2] if soft else labels.shape[:-1]
-    if labels.ndim < (2 if soft else 1):
-        want = "(N, K) soft memberships" if soft else "(N,) integer labels"
-        raise ValueError(f"labels: expected {want}, got shape {tuple(labels.shape)}")
-    rows = labels.shape[-2] if soft else labels.shape[-1]
-    if rows != N:
-        want = f"(N={N}, K)" if soft else f"(N={N},)"
-        raise ValueError(f"labels: expected shape {want} with N = rows of Z, got {tuple(labels.shape)}")
+    if soft:
+        Pi = v.memberships("labels", labels, N)  # (..., N, K)
+        lead = labels.shape[:-2]
+    else:
+        labels = v.labels("labels", labels, N, batched=labels.ndim > 1)  # (..., N)
+        lead = labels.shape[:-1]
     try:
         ok = torch.broadcast_shapes(tuple(lead), batch) == torch.Size(batch)
     except RuntimeError:
         ok = False
     if not ok:
-        raise ValueError(
-            f"labels: leading dimensions {tuple(lead)} do not broadcast to Z's batch shape {batch}"
-        )
-    if not soft:
-        if labels.numel() and int(labels.min()) < 0:
-            raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-        K = int(labels.max()) + 1 if labels.numel() else 0
-        return torch.nn.functional.one_hot(labels.long(), K).to(torch.float64)  # (..., N, K)
-    if labels.shape[-1] < 1:
-        raise ValueError(f"labels: expected at least one class (K >= 1), got shape {tuple(labels.shape)}")
-    if not bool(torch.isfinite(labels).all()):
-        raise ValueError("labels: expected finite soft memberships, got NaN or inf")
-    if bool((labels < 0).any()):
-        raise ValueError(f"labels: expected soft memberships >= 0, got minimum {float(labels.detach().min()):.3g}")
-    tol = max(1e-5, 8 * torch.finfo(labels.dtype).eps)
-    dev = float((labels.detach().to(torch.float64).sum(-1) - 1).abs().max())
-    if dev > tol:
-        raise ValueError(f"labels: expected rows of soft memberships summing to 1 (tolerance {tol:g}), "
-                         f"got a row off by {dev:.3g}")
-    return labels.to(torch.float64)
+        raise ValueError(f"labels: leading dimensions {tuple(lead)} do not broadcast to Z's batch shape {batch}")
+    if soft:
+        return Pi.to(torch.float64)
+    K = int(labels.max()) + 1 if labels.numel() else 0
+    return torch.nn.functional.one_hot(labels, K).to(torch.float64)  # (..., N, K)
 
 
 def class_coding_rate(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
@@ -261,8 +233,8 @@ def class_coding_rate(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> torc
     broadcast to Z's. Empty classes contribute 0. Evaluated in float64 with the smaller
     Gram matrix of each class; returns shape (...) in ``Z``'s dtype.
     """
-    Z = _check_z(Z)
-    eps = _check_eps(eps)
+    Z = v.rows("Z", Z, batched=True)
+    eps = v.eps(eps)
     N, d = Z.shape[-2:]
     batch = tuple(Z.shape[:-2])
     if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.ndim == 1:
@@ -300,9 +272,9 @@ def subspace_coding_rate(Z: torch.Tensor, U: torch.Tensor, eps: float) -> torch.
     Evaluated in float64 with the smaller Gram matrix of each Z U_k; returns shape (...)
     in ``Z``'s dtype.
     """
-    Z = _check_z(Z)
+    Z = v.rows("Z", Z, batched=True)
     U = v.tensor("U", U, ndim=3)
-    eps = _check_eps(eps)
+    eps = v.eps(eps)
     if U.shape[1] != Z.shape[-1]:
         raise ValueError(f"U: expected shape (K, d={Z.shape[-1]}, p) to match Z, got {tuple(U.shape)}")
     if U.shape[0] < 1 or U.shape[2] < 1:
@@ -314,10 +286,10 @@ def subspace_coding_rate(Z: torch.Tensor, U: torch.Tensor, eps: float) -> torch.
     return _half_logdet(V, p / (N * eps**2)).sum(-1).to(device=Z.device, dtype=Z.dtype)
 
 
-def sparse_rate_reduction(Z: torch.Tensor, U: torch.Tensor, eps: float, lambd: float) -> torch.Tensor:
-    """R_eps(Z) - R^c_eps(Z | U_[K]) - lambd ||Z||_1, the l1-relaxed sparse rate reduction
+def sparse_rate_reduction(Z: torch.Tensor, U: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
+    """R_eps(Z) - R^c_eps(Z | U_[K]) - lam ||Z||_1, the l1-relaxed sparse rate reduction
     objective of chapter 06, eq. (6.1). ``||Z||_1`` sums over the last two dimensions.
     Returns shape (...)."""
-    Z = _check_z(Z)
-    lambd = v.positive("lambd", lambd, allow_zero=True)
-    return coding_rate(Z, eps) - subspace_coding_rate(Z, U, eps) - lambd * Z.abs().sum((-2, -1))
+    Z = v.rows("Z", Z, batched=True)
+    lam = v.positive("lam", lam, allow_zero=True)
+    return coding_rate(Z, eps) - subspace_coding_rate(Z, U, eps) - lam * Z.abs().sum((-2, -1))

@@ -14,6 +14,7 @@ Rows are samples: ``Z`` has shape (N, d) (``mcr2_loss`` also accepts (..., N, d)
     optimum, K orthogonal equal-size classes of rank r (K r <= d):
         Delta R* = K r/2 log(1 + d/(K r eps^2)) - r/2 log(1 + d/(r eps^2))          (3.6)
 """
+
 from __future__ import annotations
 
 import math
@@ -22,28 +23,8 @@ import torch
 from torch import nn
 
 from . import _validate as v
-from .coding_rate import coding_rate_grad, memberships, rate_reduction
+from .coding_rate import _stacked_r, _work, coding_rate_grad, memberships, rate_reduction
 from .pca import NearestSubspace, principal_angles
-
-
-def _check_rows(name: str, Z: object) -> torch.Tensor:
-    return v.tensor(name, Z, ndim=2)
-
-
-def _check_labels(labels: object, N: int) -> torch.Tensor:
-    """Hard integer labels (N,) for the diagnostics (which need one class per sample)."""
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
-    if labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(
-            f"labels: expected integer class indices of shape (N,), got dtype {labels.dtype}, "
-            f"shape {tuple(labels.shape)}"
-        )
-    if labels.shape[0] != N:
-        raise ValueError(f"labels: expected length N={N} (rows of Z), got {labels.shape[0]}")
-    if N and int(labels.min()) < 0:
-        raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-    return labels
 
 
 def mcr2_loss(Z: torch.Tensor, labels: torch.Tensor, eps: float, *, normalize: bool = True) -> torch.Tensor:
@@ -56,9 +37,7 @@ def mcr2_loss(Z: torch.Tensor, labels: torch.Tensor, eps: float, *, normalize: b
     :func:`crate_lite.coding_rate.class_coding_rate`. Returns shape (...), in nats.
     """
     Z = v.tensor("Z", Z, min_ndim=2)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-    if normalize:
+    if v.flag("normalize", normalize):
         norms = Z.norm(dim=-1)  # (..., N)
         if bool((norms == 0).any()):
             raise ValueError("Z: expected nonzero rows to normalize, got a row of zeros")
@@ -72,57 +51,65 @@ def rate_reduction_grad(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> to
     Rows as samples: grad = alpha Z E - alpha sum_k diag(pi_k) Z C_k, with
     E = (I_d + alpha Z^T Z)^{-1} and C_k = (I_d + alpha_k Z^T diag(pi_k) Z)^{-1}; the weight
     N_k/N of class k times alpha_k is alpha for every class. ``labels`` integer (N,) or soft
-    memberships (N, K). Returns shape (N, d).
+    memberships (N, K). Returns shape (N, d), in ``Z``'s dtype.
+
+    Evaluated in float64. Each C_k is applied through the Cholesky factor of
+    I + alpha_k Z^T diag(pi_k) Z; where rounding makes that factorisation fail (tiny eps,
+    huge or rank-deficient Z), through the R factor of the stacked QR of
+    [I; sqrt(alpha_k) diag(pi_k)^{1/2} Z] (chapter 02, eq. 2.5), which needs no Gram matrix.
     """
-    Z = _check_rows("Z", Z)
-    eps = v.positive("eps", eps)
+    Z = v.rows("Z", Z)
+    eps = v.eps(eps)
     N, d = Z.shape
-    Pi = memberships(labels, N, Z.dtype, Z.device)  # (N, K)
+    X = _work(Z)  # (N, d) float64
+    Pi = memberships(labels, N, X.dtype, X.device)  # (N, K)
     Nk = Pi.sum(0)  # (K,)
     Pi, Nk = Pi[:, Nk > 0], Nk[Nk > 0]
     alpha = d / (N * eps**2)
-    grad = coding_rate_grad(Z, eps)  # (N, d): alpha Z E
-    PZ = Pi.T[:, :, None] * Z  # (K, N, d): diag(pi_k) Z
-    alpha_k = (d / (Nk * eps**2))[:, None, None]  # (K, 1, 1)
-    eye = torch.eye(d, dtype=Z.dtype, device=Z.device)
-    M = eye + alpha_k * (Z.T @ PZ)  # (K, d, d): I + alpha_k Z^T diag(pi_k) Z
-    L = torch.linalg.cholesky(M)
+    grad = coding_rate_grad(X, eps)  # (N, d): alpha Z E
+    PZ = Pi.T[:, :, None] * X  # (K, N, d): diag(pi_k) Z
+    alpha_k = d / (Nk * eps**2)  # (K,)
+    eye = torch.eye(d, dtype=X.dtype, device=X.device)
+    M = eye + alpha_k[:, None, None] * (X.T @ PZ)  # (K, d, d): I + alpha_k Z^T diag(pi_k) Z
+    L, info = torch.linalg.cholesky_ex(M)
+    if bool((info != 0).any()):
+        L = _stacked_r(Pi.T.sqrt()[:, :, None] * X, alpha_k).mT  # (K, d, d), L L^T = M exactly
     PZC = torch.cholesky_solve(PZ.mT, L).mT  # (K, N, d): diag(pi_k) Z C_k (M symmetric)
-    return grad - alpha * PZC.sum(0)
+    return (grad - alpha * PZC.sum(0)).to(device=Z.device, dtype=Z.dtype)
 
 
-def orthogonal_optimum(n_classes: int, dim: int, eps: float, *, rank: int = 1) -> float:
+def orthogonal_optimum(num_classes: int, dim: int, eps: float, *, rank: int = 1) -> float:
     """Delta R of K mutually orthogonal, equal-size classes, each spanning ``rank`` dimensions
     with equal singular values, unit-norm samples: eq. (3.6). Chapter 03.
 
     K r/2 log(1 + d/(K r eps^2)) - r/2 log(1 + d/(r eps^2)), requiring K r <= d. For
     K = d = 3, r = 1, eps^2 = 0.1 this is 1.879849 nats.
     """
-    K = v.integer("n_classes", n_classes, minimum=1)
+    K = v.integer("num_classes", num_classes, minimum=1)
     r = v.integer("rank", rank, minimum=1)
     d = v.integer("dim", dim, minimum=K * r)
-    e2 = v.positive("eps", eps) ** 2
+    e2 = v.eps(eps) ** 2
     return K * r / 2 * math.log1p(d / (K * r * e2)) - r / 2 * math.log1p(d / (r * e2))
 
 
 def sphere_gradient_ascent(
-    Z: torch.Tensor, labels: torch.Tensor, eps: float, *, step: float = 0.03, n_steps: int = 100
+    Z: torch.Tensor, labels: torch.Tensor, eps: float, *, step_size: float = 0.03, n_iter: int = 100
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected gradient ascent on Delta R over unit-norm features, eq. (3.8). Chapter 03.
 
-    z_i <- normalize(z_i + step N grad_i Delta R). The gradient of each sample scales like 1/N
-    (alpha = d/(N eps^2)), so the step is given per sample and multiplied by N. ``Z`` (N, d)
-    is normalized first. Returns the final features (N, d) and Delta R before every step
-    and after the last, shape (n_steps + 1,).
+    z_i <- normalize(z_i + step_size N grad_i Delta R). The gradient of each sample scales
+    like 1/N (alpha = d/(N eps^2)), so the step size is given per sample and multiplied by
+    N. ``Z`` (N, d) is normalized first. Returns the final features (N, d) and Delta R
+    before every iteration and after the last, shape (n_iter + 1,).
     """
-    Z = _check_rows("Z", Z)
-    step = v.positive("step", step)
-    n_steps = v.integer("n_steps", n_steps, minimum=0)
+    Z = v.rows("Z", Z)
+    step_size = v.positive("step_size", step_size)
+    n_iter = v.integer("n_iter", n_iter, minimum=0)
     Z = nn.functional.normalize(Z.detach(), dim=1)
     N = Z.shape[0]
     history = [rate_reduction(Z, labels, eps)]
-    for _ in range(n_steps):
-        Z = nn.functional.normalize(Z + step * N * rate_reduction_grad(Z, labels, eps), dim=1)
+    for _ in range(n_iter):
+        Z = nn.functional.normalize(Z + step_size * N * rate_reduction_grad(Z, labels, eps), dim=1)
         history.append(rate_reduction(Z, labels, eps))
     return Z, torch.stack(history)
 
@@ -134,8 +121,8 @@ def class_principal_angles(Z: torch.Tensor, labels: torch.Tensor, k: int = 1) ->
     features, as fitted by :class:`crate_lite.pca.NearestSubspace`; the diagonal is 0. 90 means
     the two classes are orthogonal, the MCR^2 optimum (chapter 03, theorem 3.1).
     """
-    Z = _check_rows("Z", Z)
-    labels = _check_labels(labels, Z.shape[0])
+    Z = v.rows("Z", Z)
+    labels = v.labels("labels", labels, Z.shape[0])
     v.integer("k", k, minimum=1)
     bases = NearestSubspace(k).fit(Z, labels).bases  # (K, d, k)
     K = bases.shape[0]
@@ -151,8 +138,8 @@ def abs_cosine_matrix(Z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
     Orthogonal class subspaces show as a block-diagonal matrix (chapter 03 figures).
     """
-    Z = _check_rows("Z", Z)
-    labels = _check_labels(labels, Z.shape[0])
+    Z = v.rows("Z", Z)
+    labels = v.labels("labels", labels, Z.shape[0])
     order = torch.argsort(labels, stable=True)
     U = nn.functional.normalize(Z[order], dim=1)  # (N, d) sorted by class
     return (U @ U.T).abs(), labels[order]  # (N, N)
@@ -165,8 +152,8 @@ def class_singular_values(Z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     have several comparable singular values per class (diverse) and few large ones
     (low-dimensional).
     """
-    Z = _check_rows("Z", Z)
-    labels = _check_labels(labels, Z.shape[0])
+    Z = v.rows("Z", Z)
+    labels = v.labels("labels", labels, Z.shape[0])
     K, d = int(labels.max()) + 1, Z.shape[1]
     out = torch.zeros(K, d, dtype=Z.dtype)
     for c in range(K):

@@ -4,6 +4,7 @@ Chapter 01 derives PCA as the optimal rank-k linear compression; chapters 03 and
 reuse the principal angles and the nearest-subspace classifier. Rows are samples:
 ``X`` has shape (N, d).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ def pca(X: torch.Tensor, k: int, *, center: bool = True) -> tuple[torch.Tensor, 
     X = v.tensor("X", X, ndim=2)
     N, d = X.shape
     v.integer("k", k, minimum=1)
+    v.flag("center", center)
     if k > min(N, d):
         raise ValueError(f"k: expected at most min(N, d) = {min(N, d)}, got {k}")
     mean = X.mean(0) if center else torch.zeros(d, dtype=X.dtype, device=X.device)
@@ -30,20 +32,26 @@ def pca(X: torch.Tensor, k: int, *, center: bool = True) -> tuple[torch.Tensor, 
     return Vh[:k].T, S[:k] ** 2 / N, mean
 
 
-def subspace_iteration(C: torch.Tensor, k: int, n_iter: int = 100, *, seed: int = 0) -> torch.Tensor:
+def subspace_iteration(
+    C: torch.Tensor, k: int, n_iter: int = 100, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Orthonormal basis (d, k) of the top-``k`` eigenspace of a symmetric PSD ``C`` (d, d)
     by block power iteration: Q <- qr(C Q). Chapter 01, eq. (1.6).
 
-    The error in the subspace shrinks like (lambda_{k+1} / lambda_k)^n_iter.
+    The start Q_0 is a Gaussian (d, k) drawn on the CPU from ``generator`` (default: torch's
+    global generator). The error in the subspace shrinks like (lambda_{k+1} / lambda_k)^n_iter.
+    A ``C`` that is not symmetric (to sqrt(u) relative) is refused: its eigenvectors are not
+    orthogonal and the iteration would return a basis of something else.
     """
     C = v.tensor("C", C, ndim=2)
     v.shape("C", C, (C.shape[0], C.shape[0]))
+    v.symmetric("C", C)
     v.integer("k", k, minimum=1)
     v.integer("n_iter", n_iter, minimum=1)
+    v.generator("generator", generator)
     if k > C.shape[0]:
         raise ValueError(f"k: expected at most d = {C.shape[0]}, got {k}")
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(C.shape[0], k, generator=g).to(C))
+    Q, _ = torch.linalg.qr(torch.randn(C.shape[0], k, generator=generator).to(C))
     for _ in range(n_iter):
         Q, _ = torch.linalg.qr(C @ Q)
     return Q
@@ -55,12 +63,15 @@ def principal_angles(A: torch.Tensor, B: torch.Tensor, *, degrees: bool = False)
     With orthonormal bases Q_A, Q_B, cos theta_i are the singular values of Q_A^T Q_B and
     sin theta_i those of Q_B - Q_A Q_A^T Q_B (for q <= p). Small angles come from the sines,
     large ones from the cosines, so both are accurate to rounding (arccos alone loses half
-    the digits near 0).
+    the digits near 0). The columns of ``A`` and of ``B`` must be linearly independent (a
+    zero or rank-deficient "basis" spans a smaller subspace and is refused).
     """
     A = v.tensor("A", A, ndim=2)
     B = v.tensor("B", B, ndim=2)
     if A.shape[0] != B.shape[0]:
         raise ValueError(f"B: expected {A.shape[0]} rows to match A, got shape {tuple(B.shape)}")
+    v.basis("A", A)
+    v.basis("B", B)
     if B.shape[1] > A.shape[1]:
         A, B = B, A
     QA, _ = torch.linalg.qr(A)  # (d, p)
@@ -80,22 +91,18 @@ class NearestSubspace:
 
     def __init__(self, k: int, *, center: bool = False) -> None:
         self.k = v.integer("k", k, minimum=1)
-        self.center = center
+        self.center = v.flag("center", center)
         self.bases: torch.Tensor | None = None  # (K, d, k)
         self.means: torch.Tensor | None = None  # (K, d)
 
-    def fit(self, X: torch.Tensor, y: torch.Tensor) -> "NearestSubspace":
-        """Fit one subspace per class label 0..K-1 of ``X`` (N, d), ``y`` (N,)."""
-        X = v.tensor("X", X, ndim=2)
-        y = v.tensor("y", y, ndim=1, floating=False)
-        if len(y) != len(X):
-            raise ValueError(f"y: expected length {len(X)} (rows of X), got {len(y)}")
-        K = int(y.max()) + 1
+    def fit(self, X: torch.Tensor, labels: torch.Tensor) -> NearestSubspace:
+        """Fit one subspace per class of ``X`` (N, d); ``labels`` (N,) integer classes
+        0..K-1, each with at least one sample (negative, fractional or float labels are refused)."""
+        X = v.rows("X", X)
+        labels = v.labels("labels", labels, X.shape[0], all_present=True)
         fits = []
-        for c in range(K):
-            Xc = X[y == c]
-            if len(Xc) == 0:
-                raise ValueError(f"y: class {c} has no samples (labels must be 0..K-1)")
+        for c in range(int(labels.max()) + 1):
+            Xc = X[labels == c]
             fits.append(pca(Xc, min(self.k, *Xc.shape), center=self.center))
         k = min(f[0].shape[1] for f in fits)
         self.bases = torch.stack([f[0][:, :k] for f in fits])  # (K, d, k)
@@ -105,8 +112,10 @@ class NearestSubspace:
     def residuals(self, X: torch.Tensor) -> torch.Tensor:
         """Distances (N, K) of each row of ``X`` to each class subspace."""
         if self.bases is None:
-            raise RuntimeError("NearestSubspace: call fit(X, y) before residuals/predict")
+            raise RuntimeError("NearestSubspace: call fit(X, labels) before residuals/predict")
         X = v.tensor("X", X, ndim=2)
+        v.shape("X", X, (None, self.bases.shape[1]))
+        X = X.to(self.bases.dtype)
         D = X.unsqueeze(0) - self.means.unsqueeze(1)  # (K, N, d)
         proj = (D @ self.bases) @ self.bases.mT  # (K, N, d)
         return (D - proj).norm(dim=-1).T  # (N, K)
@@ -115,6 +124,7 @@ class NearestSubspace:
         """Predicted labels (N,) for ``X`` (N, d)."""
         return self.residuals(X).argmin(1)
 
-    def score(self, X: torch.Tensor, y: torch.Tensor) -> float:
-        """Accuracy on ``X`` (N, d), ``y`` (N,)."""
-        return float((self.predict(X) == y).float().mean())
+    def score(self, X: torch.Tensor, labels: torch.Tensor) -> float:
+        """Accuracy on ``X`` (N, d), ``labels`` (N,)."""
+        labels = v.labels("labels", labels, len(X))
+        return float((self.predict(X).cpu() == labels.cpu()).float().mean())

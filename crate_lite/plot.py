@@ -1,41 +1,20 @@
 """One figure style for the whole course.
 
-``use_style()`` (called by ``utils.setup``) sets matplotlib's parameters once; chapters
+``use_style()`` (defined in ``utils``, called by ``utils.setup``) sets matplotlib's parameters once; chapters
 then use ``subplots`` and plain matplotlib. Figures show inline in Jupyter through
 matplotlib's own backend (no deprecated IPython display helpers) and can be saved to
 ``build/figures`` with :func:`save`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib as mpl
 import matplotlib.pyplot as plt
 
-STYLE = {
-    "figure.figsize": (5.0, 3.4),
-    "figure.dpi": 100,
-    "savefig.dpi": 150,
-    "savefig.bbox": "tight",
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "legend.frameon": False,
-    "image.cmap": "viridis",
-    "axes.prop_cycle": mpl.cycler(
-        color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    ),
-}
-"""The course's matplotlib parameters."""
+from .utils import STYLE, build_dir, use_style
 
-
-def use_style() -> None:
-    """Apply :data:`STYLE` to matplotlib's global parameters."""
-    mpl.rcParams.update(STYLE)
+__all__ = ["STYLE", "image_grid", "save", "subplots", "use_style"]
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, width: float | None = None, height: float | None = None, **kwargs):
@@ -46,8 +25,16 @@ def subplots(nrows: int = 1, ncols: int = 1, *, width: float | None = None, heig
     return plt.subplots(nrows, ncols, figsize=(w, h), constrained_layout=True, **kwargs)
 
 
-def image_grid(images, *, ncols: int = 10, titles=None, cmap: str = "gray", size: float = 1.0,
-               vmin: float | None = None, vmax: float | None = None):
+def image_grid(
+    images,
+    *,
+    ncols: int = 10,
+    titles=None,
+    cmap: str = "gray",
+    size: float = 1.0,
+    vmin: float | None = None,
+    vmax: float | None = None,
+):
     """Show a batch of images (N, H, W) or (N, C, H, W), channels-first, in a grid.
 
     Grey images use ``vmin``/``vmax`` when given (one scale for all), else each its own range;
@@ -78,8 +65,6 @@ def image_grid(images, *, ncols: int = 10, titles=None, cmap: str = "gray", size
 
 def save(fig, name: str) -> Path:
     """Save ``fig`` as ``build/figures/<name>.png`` and return the path."""
-    from .results import build_dir
-
     path = build_dir() / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -3,8 +3,9 @@
 ``CRATE_PROFILE`` is ``smoke`` (CI: every chapter end to end in seconds, tiny models,
 same code path), ``cpu`` (the default: meaningful results on a laptop in minutes) or
 ``gpu`` (real training on one or more GPUs). A chapter never tests the name itself; it
-asks for its sizes with :func:`pick` (COURSE.md section 10).
+asks for its sizes with :func:`pick`.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def current() -> str:
 def pick(*, smoke: T, cpu: T, gpu: T | None = None) -> T:
     """The value for the active profile; ``gpu`` defaults to the ``cpu`` value.
 
-    Example: ``n_steps = pick(smoke=50, cpu=2000)``.
+    Example: ``steps = pick(smoke=50, cpu=2000)``.
     """
     name = current()
     if name == "smoke":

@@ -10,7 +10,10 @@ so the column-convention product ``E z`` becomes ``z E`` (E and C_k are symmetri
            dR^c/dZ = sum_k gamma_k C_k Z Pi_k,  alpha_k = d / (N_k eps^2), gamma_k = N_k / N (5.2)
     E z  = alpha (z - Z q*),  q* = argmin_q ||z - Z q||^2 + ||q||^2 / alpha      (5.3)
     z_{l+1} = normalize(z_l + eta (E_l z_l - sum_k gamma_k pi_k(z_l) C^k_l z_l))  (5.4)
-    pi_k(z) = softmax_k(-lam ||C^k z||)   (soft membership, labels unknown)       (5.5)
+    pi_k(z) = softmax_k(-lambda ||C^k z||)   (soft membership, labels unknown)    (5.5)
+
+In code the step size eta is ``step_size`` and the softmax sharpness lambda is
+``sharpness`` (``lam`` is reserved for sparsity weights across the package).
 
 The target of the toy experiments is chapter 03's closed-form optimum,
 :func:`crate_lite.mcr2.orthogonal_optimum` (1.879849 nats for 3 classes on S^2, eps^2 = 0.1).
@@ -19,6 +22,7 @@ Forward construction: the operators of layer l are computed in closed form from 
 *training* features at layer l (no back-propagation); any other features (held-out
 points) pass through the same stored operators.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +31,6 @@ from collections.abc import Iterator
 import torch
 
 from . import _validate as v
-
 
 SMALL_WORK = 1 << 27
 """Up to this many multiply-adds per layer product (N d (K+1) d) the layers run on one
@@ -53,24 +56,6 @@ def _threads_for(work: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _check_labels(labels: object, N: int) -> torch.Tensor:
-    """Integer labels (N,) with every class 0..K-1 present."""
-    labels = v.tensor("labels", labels, ndim=1, floating=False)
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels: expected an integer tensor of shape (N,), got dtype {labels.dtype}")
-    if labels.shape[0] != N:
-        raise ValueError(f"labels: expected length N={N} (rows of Z), got {labels.shape[0]}")
-    if N == 0:
-        raise ValueError("labels: expected at least one sample, got 0")
-    if int(labels.min()) < 0:
-        raise ValueError(f"labels: expected class indices >= 0, got {int(labels.min())}")
-    counts = torch.bincount(labels.long())
-    if bool((counts == 0).any()):
-        missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"labels: expected every class 0..{len(counts) - 1} to have samples, classes {missing} are empty")
-    return labels.long()
-
-
 def _rates_and_operators(
     Z: torch.Tensor, Pi: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,7 +77,13 @@ def _rates_and_operators(
     alphas = torch.cat([Nk.new_tensor([float(N)]), Nk]).reciprocal_() * (d / eps**2)  # (K+1,)
     M = torch.cat([G, Gk]) * alphas[:, None, None]  # (K+1, d, d)
     M.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I + alpha Z Z^T, I + alpha_k Z Pi_k Z^T
-    L = torch.linalg.cholesky(M)  # (K+1, d, d)
+    L, info = torch.linalg.cholesky_ex(M)  # (K+1, d, d)
+    if bool((info != 0).any()):
+        raise ValueError(
+            f"eps: I + alpha Z^T Z is not numerically positive definite in {Z.dtype} with eps={eps:g} "
+            f"(alpha = d/(N eps^2) = {d / (N * eps**2):.3g} is too large for this dtype); "
+            "pass float64 features or a larger eps"
+        )
     ops = torch.cholesky_inverse(L) * alphas[:, None, None]  # (K+1, d, d): alpha M^{-1}
     half_logdet = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (K+1,): 1/2 logdet M
     gamma = Nk / N  # (K,)
@@ -106,9 +97,9 @@ def operators(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> tuple[torch.
     Returns E (d, d), C (K, d, d), gamma (K,). In rows, dR/dZ = Z E and the i-th row of
     dR^c/dZ is gamma_{y_i} z_i C_{y_i} (chapter 05, eqs. 5.1-5.2).
     """
-    Z = v.tensor("Z", Z, ndim=2)
-    eps = v.positive("eps", eps)
-    labels = _check_labels(labels, Z.shape[0])
+    Z = v.rows("Z", Z)
+    eps = v.eps(eps)
+    labels = v.labels("labels", labels, Z.shape[0], all_present=True)
     Pi = torch.nn.functional.one_hot(labels).to(Z.dtype)  # (N, K)
     E, C, gamma, _, _ = _rates_and_operators(Z, Pi, eps)
     return E, C, gamma
@@ -122,7 +113,7 @@ def _stack(E: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
 
 
 def _step(
-    Z: torch.Tensor, W: torch.Tensor, gamma: torch.Tensor, Pi: torch.Tensor | None, eta: float, lam: float
+    Z: torch.Tensor, W: torch.Tensor, gamma: torch.Tensor, Pi: torch.Tensor | None, step_size: float, sharpness: float
 ) -> torch.Tensor:
     """Layer (5.4) given the stacked operators W = [E, C_1..C_K] (d, (K+1) d).
     ``Pi`` (N, K) memberships, or None for the soft estimate (5.5). Returns (N, d)."""
@@ -130,22 +121,22 @@ def _step(
     ZW = (Z @ W).view(N, -1, d)  # (N, K+1, d): z E, z C_1, ..., z C_K
     ZE, ZC = ZW[:, 0], ZW[:, 1:]  # (N, d), (N, K, d)
     if Pi is None:
-        Pi = torch.softmax(-lam * ZC.norm(dim=-1), dim=1)  # (N, K), eq. (5.5)
+        Pi = torch.softmax(-sharpness * ZC.norm(dim=-1), dim=1)  # (N, K), eq. (5.5)
     compress = ((Pi * gamma).unsqueeze(2) * ZC).sum(1)  # (N, d): sum_k gamma_k pi_ik z C_k
-    return torch.nn.functional.normalize(Z + eta * (ZE - compress), dim=1)
+    return torch.nn.functional.normalize(Z + step_size * (ZE - compress), dim=1)
 
 
-def soft_membership(Z: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
-    """pi_k(z) = softmax_k(-lam ||z C_k||) for each row of ``Z`` (N, d); ``C`` (K, d, d).
+def soft_membership(Z: torch.Tensor, C: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """pi_k(z) = softmax_k(-sharpness ||z C_k||) for each row of ``Z`` (N, d); ``C`` (K, d, d).
     Chapter 05, eq. (5.5). Returns (N, K), rows summing to 1."""
     Z = v.tensor("Z", Z, ndim=2)
     C = v.tensor("C", C, ndim=3)
-    lam = v.positive("lam", lam)
+    sharpness = v.positive("sharpness", sharpness)
     d = Z.shape[1]
     v.shape("C", C, (None, d, d))
     N, K = Z.shape[0], C.shape[0]
     ZC = (Z @ C.transpose(0, 1).reshape(d, K * d)).view(N, K, d)  # (N, K, d): z C_k
-    return torch.softmax(-lam * ZC.norm(dim=-1), dim=1)  # (N, K)
+    return torch.softmax(-sharpness * ZC.norm(dim=-1), dim=1)  # (N, K)
 
 
 def layer(
@@ -153,16 +144,16 @@ def layer(
     E: torch.Tensor,
     C: torch.Tensor,
     gamma: torch.Tensor,
-    eta: float,
+    step_size: float,
     *,
     labels: torch.Tensor | None = None,
-    lam: float | None = None,
+    sharpness: float | None = None,
 ) -> torch.Tensor:
-    """One ReduNet layer (5.4) in rows: z <- normalize(z + eta (z E - sum_k gamma_k pi_k(z) z C_k)).
+    """One ReduNet layer (5.4) in rows: z <- normalize(z + step_size (z E - sum_k gamma_k pi_k(z) z C_k)).
 
     ``Z`` (N, d), ``E`` (d, d), ``C`` (K, d, d), ``gamma`` (K,). Memberships pi are the
     one-hot ``labels`` (N,) when given (training points), else the soft estimate (5.5)
-    with sharpness ``lam``. Returns (N, d) with unit rows.
+    with softmax ``sharpness``. Returns (N, d) with unit rows.
     """
     Z = v.tensor("Z", Z, ndim=2)
     N, d = Z.shape
@@ -173,33 +164,27 @@ def layer(
     K = C.shape[0]
     gamma = v.tensor("gamma", gamma, ndim=1)
     v.shape("gamma", gamma, (K,))
-    eta = v.positive("eta", eta)
+    step_size = v.positive("step_size", step_size)
     Pi = None
     if labels is not None:
         Pi = _one_hot(labels, N, K, Z.dtype)
-    elif lam is None:
-        raise ValueError("lam: expected a number > 0 when labels is None (soft memberships), got None")
+    elif sharpness is None:
+        raise ValueError("sharpness: expected a number > 0 when labels is None (soft memberships), got None")
     else:
-        lam = v.positive("lam", lam)
-    return _step(Z, _stack(E, C), gamma, Pi, eta, lam or 0.0)
+        sharpness = v.positive("sharpness", sharpness)
+    return _step(Z, _stack(E, C), gamma, Pi, step_size, sharpness or 0.0)
 
 
 def _one_hot(labels: object, N: int, K: int, dtype: torch.dtype) -> torch.Tensor:
     """Integer labels (N,) in 0..K-1 -> one-hot memberships (N, K)."""
-    labels = v.tensor("labels", labels, ndim=1, floating=False)
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels: expected an integer tensor of shape (N,), got dtype {labels.dtype}")
-    if labels.shape[0] != N:
-        raise ValueError(f"labels: expected length {N} (rows of Z), got {labels.shape[0]}")
-    if N and (int(labels.min()) < 0 or int(labels.max()) >= K):
-        raise ValueError(f"labels: expected class indices in 0..{K - 1}, got range {int(labels.min())}..{int(labels.max())}")
-    return torch.nn.functional.one_hot(labels.long(), K).to(dtype)  # (N, K)
+    labels = v.labels("labels", labels, N, num_classes=K)
+    return torch.nn.functional.one_hot(labels, K).to(dtype)  # (N, K)
 
 
 class ReduNet:
     """A forward-constructed ReduNet (chapter 05, eqs. 5.1-5.5).
 
-    ``fit(Z, labels)`` builds ``n_layers`` layers from training features: at each layer the
+    ``fit(Z, labels)`` builds ``depth`` layers from training features: at each layer the
     operators E_l, C^k_l are computed from the current training features (closed form,
     no back-propagation), the features move one projected gradient-ascent step on Delta R
     (5.4) with their true labels, and R, R^c, Delta R are recorded. ``transform`` sends new
@@ -213,11 +198,11 @@ class ReduNet:
     listed in ``fit(..., keep=...)``.
     """
 
-    def __init__(self, *, eta: float, eps: float, lam: float, n_layers: int) -> None:
-        self.eta = v.positive("eta", eta)
-        self.eps = v.positive("eps", eps)
-        self.lam = v.positive("lam", lam)
-        self.n_layers = v.integer("n_layers", n_layers, minimum=1)
+    def __init__(self, *, depth: int, step_size: float, eps: float, sharpness: float) -> None:
+        self.depth = v.integer("depth", depth, minimum=1)
+        self.step_size = v.positive("step_size", step_size)
+        self.eps = v.eps(eps)
+        self.sharpness = v.positive("sharpness", sharpness)
         self.E: torch.Tensor | None = None
         self.C: torch.Tensor | None = None
         self.gamma: torch.Tensor | None = None
@@ -232,13 +217,13 @@ class ReduNet:
         ``keep`` lists layer indices (0..L) whose training features are stored in
         ``snapshots`` (for figures). The dtype of ``Z`` is kept (use float64 for toys).
         """
-        Z = v.tensor("Z", Z, ndim=2)
-        labels = _check_labels(labels, Z.shape[0])
-        for l in keep:
-            v.integer("keep", l, minimum=0)
-            if l > self.n_layers:
-                raise ValueError(f"keep: expected layer indices in 0..{self.n_layers}, got {l}")
-        L, (N, d) = self.n_layers, Z.shape
+        Z = v.rows("Z", Z)
+        labels = v.labels("labels", labels, Z.shape[0], all_present=True)
+        for ell in keep:
+            v.integer("keep", ell, minimum=0)
+            if ell > self.depth:
+                raise ValueError(f"keep: expected layer indices in 0..{self.depth}, got {ell}")
+        L, (N, d) = self.depth, Z.shape
         Pi = torch.nn.functional.one_hot(labels).to(Z.dtype)  # (N, K)
         K = Pi.shape[1]
         E = Z.new_empty(L, d, d)
@@ -248,21 +233,23 @@ class ReduNet:
         Rc = torch.empty(L + 1, dtype=torch.float64)
         self.snapshots = {}
         with torch.no_grad(), _threads_for(N * d * (K + 1) * d):
-            for l in range(L + 1):
+            for ell in range(L + 1):
                 E_l, C_l, gamma, R_l, Rc_l = _rates_and_operators(Z, Pi, self.eps)
-                R[l], Rc[l] = R_l, Rc_l
-                if l in keep:
-                    self.snapshots[l] = Z.clone()
-                if l == L:
+                R[ell], Rc[ell] = R_l, Rc_l
+                if ell in keep:
+                    self.snapshots[ell] = Z.clone()
+                if ell == L:
                     break
-                E[l], C[l], W[l] = E_l, C_l, _stack(E_l, C_l)
-                Z = _step(Z, W[l], gamma, Pi, self.eta, self.lam)
+                E[ell], C[ell], W[ell] = E_l, C_l, _stack(E_l, C_l)
+                Z = _step(Z, W[ell], gamma, Pi, self.step_size, self.sharpness)
         self.E, self.C, self.gamma, self.features, self._W = E, C, gamma, Z, W
         self.history = {"R": R, "Rc": Rc, "delta_R": R - Rc}
         return self
 
-    def transform(self, Z: torch.Tensor, labels: torch.Tensor | None = None, *, n_layers: int | None = None) -> torch.Tensor:
-        """Send ``Z`` (M, d) through the first ``n_layers`` (default all) stored layers.
+    def transform(
+        self, Z: torch.Tensor, labels: torch.Tensor | None = None, *, depth: int | None = None
+    ) -> torch.Tensor:
+        """Send ``Z`` (M, d) through the first ``depth`` (default all) stored layers.
 
         Memberships: one-hot ``labels`` (M,) if given (then training data reproduce
         ``features`` exactly), else the soft estimate (5.5) at each layer. Returns (M, d).
@@ -272,12 +259,12 @@ class ReduNet:
         Z = v.tensor("Z", Z, ndim=2)
         K, d = self.C.shape[1], self.C.shape[2]
         v.shape("Z", Z, (None, d))
-        n = self.n_layers if n_layers is None else v.integer("n_layers", n_layers, minimum=0)
-        if n > self.n_layers:
-            raise ValueError(f"n_layers: expected at most the {self.n_layers} fitted layers, got {n}")
+        n = self.depth if depth is None else v.integer("depth", depth, minimum=0)
+        if n > self.depth:
+            raise ValueError(f"depth: expected at most the {self.depth} fitted layers, got {n}")
         Pi = None if labels is None else _one_hot(labels, Z.shape[0], K, self.C.dtype)
         Z = Z.to(self.C.dtype)
         with torch.no_grad(), _threads_for(Z.shape[0] * d * (K + 1) * d):
-            for l in range(n):
-                Z = _step(Z, self._W[l], self.gamma, Pi, self.eta, self.lam)
+            for ell in range(n):
+                Z = _step(Z, self._W[ell], self.gamma, Pi, self.step_size, self.sharpness)
         return Z

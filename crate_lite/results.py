@@ -4,29 +4,15 @@ Each chapter writes ``build/results/NN_topic.json``: the values it logged, with 
 profile, device and versions they were measured with and the data set they came from.
 ``python -m crate_lite.results`` gathers every record into one Markdown table.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import sys
 from pathlib import Path
 
-from .utils import environment
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def build_dir() -> Path:
-    """``$CRATE_BUILD`` if set, else ``build/`` at the project root."""
-    return Path(os.environ.get("CRATE_BUILD", PROJECT_ROOT / "build"))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from .utils import atomic_write, build_dir, environment
 
 
 class Recorder:
@@ -55,13 +41,16 @@ class Recorder:
             raise ValueError(f"value: {name!r} is NaN; record only measured numbers")
         entry = {"value": value, "unit": unit, "data": data, "note": note}
         self.record["values"][name] = entry  # type: ignore[index]
-        _atomic_write_text(self.path, json.dumps(self.record, indent=2, default=float))
+        atomic_write(self.path, json.dumps(self.record, indent=2, default=float))
 
 
 def collect(directory: Path | None = None) -> str:
     """A Markdown table of every recorded value under ``directory`` (default build/results)."""
     directory = directory or build_dir() / "results"
-    rows = ["| chapter | quantity | value | unit | data | profile | device | date |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| chapter | quantity | value | unit | data | profile | device | date |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(Path(directory).glob("*.json")):
         rec = json.loads(path.read_text())
         env = rec["environment"]
@@ -78,4 +67,4 @@ def collect(directory: Path | None = None) -> str:
 if __name__ == "__main__":
     table = collect(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
     print(table)
-    _atomic_write_text(build_dir() / "results" / "RESULTS.md", table + "\n")
+    atomic_write(build_dir() / "results" / "RESULTS.md", table + "\n")

@@ -15,9 +15,10 @@ so the model X ~ Z A^T. For every row x of ``X`` the LASSO problem is
     LISTA: L unrolled ISTA steps with learned matrices and thresholds             (4.10)
 
 One non-negative ISTA step started at Z = X with a square dictionary is the CRATE
-sparsification block ReLU(Y + eta (Y W - Y W^T W) - eta lam) (COURSE.md section 11,
-chapter 04 eq. 4.13, chapter 06): see :func:`ista_step`.
+sparsification block ReLU(Y + eta (Y W - Y W^T W) - eta lam) (chapter 04 eq. 4.13,
+chapter 06): see :func:`ista_step`. In code the step size t (eta in CRATE) is ``step_size``.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,12 +39,23 @@ def _prox(V: torch.Tensor, thr: torch.Tensor | float, nonneg: bool) -> torch.Ten
     return torch.sign(V) * torch.relu(V.abs() - thr)
 
 
-def _threshold(name: str, lam: object) -> float | torch.Tensor:
-    """A threshold: a real number >= 0 or a floating tensor with entries >= 0."""
-    if isinstance(lam, torch.Tensor):
+def _threshold(name: str, lam: object, x: torch.Tensor) -> float | torch.Tensor:
+    """A threshold for ``x``: a real number >= 0, or a floating tensor with entries >= 0
+    that broadcasts to ``x``'s shape (and has a dtype and device that ``x`` can use)."""
+    if isinstance(lam, torch.Tensor):  # a tensor keeps its graph (LISTA learns thresholds)
         lam = v.tensor(name, lam)
         if bool((lam < 0).any()):
             raise ValueError(f"{name}: expected entries >= 0, got minimum {float(lam.min()):.4g}")
+        try:
+            ok = torch.broadcast_shapes(lam.shape, x.shape) == x.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{name}: expected a shape that broadcasts to x's {tuple(x.shape)}, got {tuple(lam.shape)}"
+            )
+        if lam.device != x.device:
+            raise ValueError(f"{name}: expected device {x.device} (the device of x), got {lam.device}")
         return lam
     return v.positive(name, lam, allow_zero=True)
 
@@ -55,7 +67,7 @@ def soft_threshold(x: torch.Tensor, lam: Number | torch.Tensor) -> torch.Tensor:
     (per-coordinate thresholds, as LISTA learns them). Returns the shape of ``x``.
     """
     x = v.tensor("x", x)
-    lam = _threshold("lam", lam)
+    lam = _threshold("lam", lam, x)
     return _prox(x, lam, nonneg=False)
 
 
@@ -65,12 +77,14 @@ def nonneg_soft_threshold(x: torch.Tensor, lam: Number | torch.Tensor) -> torch.
     Same arguments as :func:`soft_threshold`.
     """
     x = v.tensor("x", x)
-    lam = _threshold("lam", lam)
+    lam = _threshold("lam", lam, x)
     return _prox(x, lam, nonneg=True)
 
 
 # ----------------------------------------------------------------------------- the LASSO problem
-def _check_problem(X: object, A: object, Z: object | None = None, zname: str = "Z") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _check_problem(
+    X: object, A: object, Z: object | None = None, zname: str = "Z"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Validate X (..., N, m), A (m, n) and optionally Z (..., N, n)."""
     X = v.tensor("X", X, min_ndim=2)
     A = v.tensor("A", A, ndim=2)
@@ -108,6 +122,7 @@ def lasso_objective(
     """
     X, A, Z = _check_problem(X, A, Z)
     lam = v.positive("lam", lam, allow_zero=True)
+    v.flag("nonneg", nonneg)
     R = X - Z @ A.T  # (..., N, m) residuals x - A z
     F = 0.5 * (R**2).sum(-1) + lam * Z.abs().sum(-1)  # (..., N)
     if nonneg:
@@ -115,13 +130,26 @@ def lasso_objective(
     return F
 
 
-def _step_size(A: torch.Tensor, step: object) -> float:
-    if step is None:
+def _step_size(A: torch.Tensor, step_size: object) -> float:
+    """``step_size`` checked, or 1/||A||_2^2 (eq. 4.5) when None."""
+    if step_size is None:
         L = lipschitz_constant(A)
         if L == 0:
             raise ValueError("A: expected a nonzero dictionary (||A||_2 > 0), got all zeros")
         return 1.0 / L
-    return v.positive("step", step)
+    return v.positive("step_size", step_size)
+
+
+def _finite_codes(solver: str, Z: torch.Tensor, A: torch.Tensor, step_size: float) -> torch.Tensor:
+    """Refuse non-finite iterates with the likely cause instead of returning NaN codes."""
+    if not bool(torch.isfinite(Z).all()):
+        L = lipschitz_constant(A)
+        raise FloatingPointError(
+            f"{solver}: the codes became NaN or inf; step_size = {step_size:.4g} with "
+            f"L = ||A||_2^2 = {L:.4g} (converges for step_size < 2/L = {2 / L if L else float('inf'):.4g}); "
+            "use the default step_size (1/L) or rescale X and A"
+        )
+    return Z
 
 
 def ista_step(
@@ -129,29 +157,30 @@ def ista_step(
     X: torch.Tensor,
     A: torch.Tensor,
     lam: Number,
-    step: Number,
+    step_size: Number,
     *,
     nonneg: bool = False,
     validate: bool = True,
 ) -> torch.Tensor:
     """One proximal-gradient (ISTA) step for the LASSO (4.1). Chapter 04, eq. (4.6).
 
-    Rows: Z_next = prox_{step lam}(Z + step (X A - Z A^T A)), with ``Z`` (..., N, n),
+    Rows: Z_next = prox_{t lam}(Z + t (X A - Z A^T A)), t = ``step_size``, with ``Z`` (..., N, n),
     ``X`` (..., N, m), ``A`` (m, n); returns (..., N, n). Differentiable in all tensors.
 
     With ``Z = X`` (warm start at the input), a square ``A = W`` (d, d) stored as a
-    ``torch.nn.functional.linear`` weight, ``step = eta`` and ``nonneg=True`` this is
+    ``torch.nn.functional.linear`` weight, ``step_size = eta`` and ``nonneg=True`` this is
     exactly the CRATE sparsification block ReLU(Y + eta (Y W - Y W^T W) - eta lam)
     (chapter 04, eq. 4.13; chapter 06). ``validate=False`` skips the argument checks
-    (they synchronise a GPU) inside training loops. ``step <= 1/||A||_2^2`` guarantees
+    (they synchronise a GPU) inside training loops. ``step_size <= 1/||A||_2^2`` guarantees
     that the objective does not increase; the step itself does not require it.
     """
     if validate:
         X, A, Z = _check_problem(X, A, Z)
         lam = v.positive("lam", lam, allow_zero=True)
-        step = v.positive("step", step)
+        step_size = v.positive("step_size", step_size)
+        v.flag("nonneg", nonneg)
     grad = (Z @ A.T) @ A - X @ A  # (..., N, n): rows of A^T (A z - x)
-    return _prox(Z - step * grad, step * lam, nonneg)
+    return _prox(Z - step_size * grad, step_size * lam, nonneg)
 
 
 def _start(X: torch.Tensor, A: torch.Tensor, Z0: torch.Tensor | None) -> torch.Tensor:
@@ -161,23 +190,34 @@ def _start(X: torch.Tensor, A: torch.Tensor, Z0: torch.Tensor | None) -> torch.T
 
 
 def _setup(
-    X: object, A: object, lam: object, n_iter: object, step: object, Z0: object | None
+    X: object, A: object, lam: object, n_iter: object, step_size: object, nonneg: object, Z0: object | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int, float, torch.Tensor, torch.Tensor]:
     """Validated arguments of :func:`ista` and :func:`fista` and what both precompute:
-    X (..., N, m), A (m, n), the start Z (..., N, n), lam, n_iter, step,
+    X (..., N, m), A (m, n), the start Z (..., N, n), lam, n_iter, step_size,
     G = A^T A (n, n) and X A (..., N, n)."""
     X, A, Z0 = _check_problem(X, A, Z0, "Z0")
     lam = v.positive("lam", lam, allow_zero=True)
     n_iter = v.integer("n_iter", n_iter, minimum=1)
-    step = _step_size(A, step)
-    return X, A, _start(X, A, Z0), lam, n_iter, step, A.T @ A, X @ A
+    step_size = _step_size(A, step_size)
+    v.flag("nonneg", nonneg)
+    return X, A, _start(X, A, Z0), lam, n_iter, step_size, A.T @ A, X @ A
 
 
-def _single(solver, X, A, lam, n_iter, step, nonneg, Z0, return_history):
-    """Run ``solver`` on one signal X (m,) as a batch of one row; codes (n,), history (n_iter + 1,)."""
+def _single(X, A, lam, n_iter, step_size, nonneg, Z0, return_history, accelerate):
+    """ISTA/FISTA on one signal X (m,) as a batch of one row; codes (n,), history (n_iter + 1,)."""
     if Z0 is not None:
         Z0 = v.tensor("Z0", Z0, ndim=1)[None]  # (1, n)
-    out = solver(X[None], A, lam, n_iter, step, nonneg, Z0=Z0, return_history=return_history)  # X[None]: (1, m)
+    out = ista(
+        X[None],
+        A,
+        lam,
+        n_iter,
+        step_size=step_size,
+        nonneg=nonneg,
+        Z0=Z0,
+        return_history=return_history,
+        accelerate=accelerate,
+    )  # X[None]: (1, m)
     if return_history:
         return out[0][0], out[1][:, 0]  # (n,), (n_iter + 1,)
     return out[0]  # (n,)
@@ -188,67 +228,63 @@ def ista(
     A: torch.Tensor,
     lam: Number,
     n_iter: int,
-    step: Number | None = None,
-    nonneg: bool = False,
     *,
+    step_size: Number | None = None,
+    nonneg: bool = False,
     Z0: torch.Tensor | None = None,
     return_history: bool = False,
+    accelerate: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """ISTA for the LASSO (4.1), one problem per row. Chapter 04, eq. (4.6).
 
     ``X`` (..., N, m) signals, ``A`` (m, n) dictionary, ``lam >= 0``, ``n_iter >= 1``
-    iterations of step ``step`` (default 1/||A||_2^2, eq. 4.5), codes z >= 0 when ``nonneg``,
-    started at ``Z0`` (..., N, n) (default zeros). Returns ``Z`` (..., N, n); with
+    iterations of step size ``step_size`` (default 1/||A||_2^2, eq. 4.5), codes z >= 0 when
+    ``nonneg``, started at ``Z0`` (..., N, n) (default zeros). Returns ``Z`` (..., N, n); with
     ``return_history`` also the objective of every row before and after each iteration,
-    shape (n_iter + 1, ..., N) (non-increasing when step <= 1/L, eq. 4.7). A single signal
-    ``X`` of shape (m,) (with ``Z0`` of shape (n,)) gives ``Z`` of shape (n,).
+    shape (n_iter + 1, ..., N) (non-increasing when step_size <= 1/L, eq. 4.7). A single
+    signal ``X`` of shape (m,) (with ``Z0`` of shape (n,)) gives ``Z`` of shape (n,). Codes
+    that become NaN or inf (step size far above 2/L, huge entries) raise ``FloatingPointError``.
+    ``accelerate=True`` takes each step at FISTA's extrapolated point: see :func:`fista`.
     """
     if isinstance(X, torch.Tensor) and X.ndim == 1:
-        return _single(ista, X, A, lam, n_iter, step, nonneg, Z0, return_history)
-    X, A, Z, lam, n_iter, step, G, XA = _setup(X, A, lam, n_iter, step, Z0)  # G (n, n), XA (..., N, n)
+        return _single(X, A, lam, n_iter, step_size, nonneg, Z0, return_history, accelerate)
+    X, A, Z, lam, n_iter, step_size, G, XA = _setup(X, A, lam, n_iter, step_size, nonneg, Z0)
+    v.flag("accelerate", accelerate)
+    Y, t = Z, 1.0  # FISTA's extrapolated point and momentum (Y = Z throughout for ISTA)
     hist = [lasso_objective(X, A, Z, lam, nonneg=nonneg)] if return_history else []
-    for _ in range(n_iter):
-        Z = _prox(Z - step * (Z @ G - XA), step * lam, nonneg)  # eq. (4.6)
+    for _ in range(n_iter):  # G = A^T A (n, n), XA (..., N, n)
+        Z_new = _prox(Y - step_size * (Y @ G - XA), step_size * lam, nonneg)  # eq. (4.6) at Y
+        if accelerate:  # eq. (4.8)
+            t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+            Y = Z_new + ((t - 1.0) / t_new) * (Z_new - Z)
+            t = t_new
+        else:
+            Y = Z_new
+        Z = Z_new
         if return_history:
             hist.append(lasso_objective(X, A, Z, lam, nonneg=nonneg))
+    Z = _finite_codes("fista" if accelerate else "ista", Z, A, step_size)
     return (Z, torch.stack(hist)) if return_history else Z
 
 
-def fista(
-    X: torch.Tensor,
-    A: torch.Tensor,
-    lam: Number,
-    n_iter: int,
-    step: Number | None = None,
-    nonneg: bool = False,
-    *,
-    Z0: torch.Tensor | None = None,
-    return_history: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def fista(X: torch.Tensor, A: torch.Tensor, lam: Number, n_iter: int, **options) -> torch.Tensor | tuple:
     """FISTA (Beck & Teboulle 2009) for the LASSO (4.1). Chapter 04, eq. (4.8).
 
     z_k = prox(y_k + t A^T (x - A y_k)); t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2;
-    y_{k+1} = z_k + (t_k - 1)/t_{k+1} (z_k - z_{k-1}). Same arguments and return values as
-    :func:`ista` (including a single signal of shape (m,)); the objective history need
-    not be monotone.
+    y_{k+1} = z_k + (t_k - 1)/t_{k+1} (z_k - z_{k-1}). ``ista(..., accelerate=True)``: the
+    same arguments (``step_size``, ``nonneg``, ``Z0``, ``return_history``, all keyword-only)
+    and return values as :func:`ista` (including a single signal of shape (m,)); the
+    objective history need not be monotone.
     """
-    if isinstance(X, torch.Tensor) and X.ndim == 1:
-        return _single(fista, X, A, lam, n_iter, step, nonneg, Z0, return_history)
-    X, A, Z, lam, n_iter, step, G, XA = _setup(X, A, lam, n_iter, step, Z0)  # G (n, n), XA (..., N, n)
-    Y, t = Z, 1.0
-    hist = [lasso_objective(X, A, Z, lam, nonneg=nonneg)] if return_history else []
-    for _ in range(n_iter):
-        Z_new = _prox(Y - step * (Y @ G - XA), step * lam, nonneg)
-        t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-        Y = Z_new + ((t - 1.0) / t_new) * (Z_new - Z)
-        Z, t = Z_new, t_new
-        if return_history:
-            hist.append(lasso_objective(X, A, Z, lam, nonneg=nonneg))
-    return (Z, torch.stack(hist)) if return_history else Z
+    if "accelerate" in options:
+        raise TypeError("fista: unexpected keyword argument 'accelerate' (FISTA is ista(..., accelerate=True))")
+    return ista(X, A, lam, n_iter, accelerate=True, **options)
 
 
 # ----------------------------------------------------------------------------- synthetic data, metrics
-def random_dictionary(m: int, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def random_dictionary(
+    m: int, n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """A Gaussian dictionary A (m, n) with unit-norm columns (atoms). Chapter 04, section LISTA."""
     m = v.integer("m", m, minimum=1)
     n = v.integer("n", n, minimum=1)
@@ -273,6 +309,7 @@ def sparse_signals(
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise ValueError(f"p: expected a probability in (0, 1], got {p!r}")
     noise = v.positive("noise", noise, allow_zero=True)
+    v.flag("nonneg", nonneg)
     m, n = A.shape
     mask = torch.rand(N, n, generator=generator) < p
     vals = torch.randn(N, n, generator=generator)
@@ -296,37 +333,42 @@ def nmse_db(Z_hat: torch.Tensor, Z: torch.Tensor) -> float:
 
 # ----------------------------------------------------------------------------- LISTA
 class LISTA(nn.Module):
-    """Learned ISTA (Gregor & LeCun 2010): ``n_layers`` unrolled ISTA steps with learned
-    weights. Chapter 04, eq. (4.10).
+    """Learned ISTA, untied: ``depth`` unrolled ISTA steps, each layer with its own learned
+    weights and thresholds (as in Chen et al. 2018; Gregor & LeCun 2010 share one set across
+    all steps). Chapter 04, eq. (4.10).
 
     Layer k (rows): Z_{k+1} = prox_{theta_k}(X W1_k^T + Z_k W2_k^T), Z_0 = 0, with
     W1_k (n, m), W2_k (n, n), per-coordinate thresholds theta_k (n,) >= 0 (negative values
     are clipped to 0 in the forward pass). Initialised at ISTA (eq. 4.6):
-    W1 = t A^T, W2 = I - t A^T A, theta = t lam, t = ``step`` (default 1/||A||_2^2), so an
-    untrained LISTA equals ``ista(X, A, lam, n_layers, step, nonneg)`` exactly.
+    W1 = t A^T, W2 = I - t A^T A, theta = t lam, t = ``step_size`` (default 1/||A||_2^2), so an
+    untrained LISTA equals ``ista(X, A, lam, depth, step_size=t, nonneg=nonneg)`` exactly.
 
-    ``forward(X)``: X (..., N, m) -> Z (..., N, n).
+    ``forward(X)``: X (..., N, m) -> Z (..., N, n), in the dtype of ``A`` (X is cast).
     """
 
-    def __init__(self, A: torch.Tensor, lam: Number, n_layers: int, step: Number | None = None, nonneg: bool = False) -> None:
+    def __init__(
+        self, A: torch.Tensor, lam: Number, depth: int, *, step_size: Number | None = None, nonneg: bool = False
+    ) -> None:
         super().__init__()
         A = v.tensor("A", A, ndim=2).detach()
         lam = v.positive("lam", lam, allow_zero=True)
-        n_layers = v.integer("n_layers", n_layers, minimum=1)
-        t = _step_size(A, step)
+        depth = v.integer("depth", depth, minimum=1)
+        nonneg = v.flag("nonneg", nonneg)
+        t = _step_size(A, step_size)
         m, n = A.shape
-        self.m, self.n, self.n_layers, self.nonneg = m, n, n_layers, bool(nonneg)
+        self.m, self.n, self.depth, self.nonneg = m, n, depth, nonneg
         eye = torch.eye(n, dtype=A.dtype)
-        self.W1 = nn.Parameter((t * A.T).expand(n_layers, n, m).clone())  # (L, n, m)
-        self.W2 = nn.Parameter((eye - t * A.T @ A).expand(n_layers, n, n).clone())  # (L, n, n)
-        self.theta = nn.Parameter(torch.full((n_layers, n), t * lam, dtype=A.dtype))  # (L, n)
+        self.W1 = nn.Parameter((t * A.T).expand(depth, n, m).clone())  # (L, n, m)
+        self.W2 = nn.Parameter((eye - t * A.T @ A).expand(depth, n, n).clone())  # (L, n, n)
+        self.theta = nn.Parameter(torch.full((depth, n), t * lam, dtype=A.dtype))  # (L, n)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         X = v.tensor("X", X, min_ndim=2)
         if X.shape[-1] != self.m:
             raise ValueError(f"X: expected shape (..., N, m={self.m}), got {tuple(X.shape)}")
+        X = X.to(self.W1.dtype)
         Z = X.new_zeros(*X.shape[:-1], self.n)  # (..., N, n)
-        for k in range(self.n_layers):
+        for k in range(self.depth):
             V = X @ self.W1[k].T + Z @ self.W2[k].T  # (..., N, n)
             Z = _prox(V, self.theta[k].clamp_min(0), self.nonneg)
         return Z
@@ -373,7 +415,7 @@ def dictionary_learning(
 
         min_{D, Z} 1/N sum_i [1/2 ||x_i - D z_i||^2 + lam ||z_i||_1],  ||d_j||_2 <= 1.
 
-    Each outer iteration runs ``n_ista`` ISTA steps (step 1/||D||_2^2, warm-started at the
+    Each outer iteration runs ``n_ista`` ISTA iterations (step size 1/||D||_2^2, warm-started at the
     previous codes) and one :func:`dictionary_update` sweep; both cannot increase the
     objective, so it is non-increasing. ``X`` (N, m); ``D0`` (m, n_atoms) defaults to
     ``n_atoms`` random rows of X scaled to unit norm. Returns D (m, n_atoms),
@@ -384,6 +426,8 @@ def dictionary_learning(
     lam = v.positive("lam", lam, allow_zero=True)
     n_iter = v.integer("n_iter", n_iter, minimum=1)
     n_ista = v.integer("n_ista", n_ista, minimum=1)
+    v.flag("nonneg", nonneg)
+    v.generator("generator", generator)
     N, m = X.shape
     if D0 is None:
         if n_atoms > N:
@@ -404,7 +448,9 @@ def dictionary_learning(
     return D, Z, torch.tensor(hist, dtype=torch.float64)
 
 
-def extract_patches(image: torch.Tensor, size: int, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def extract_patches(
+    image: torch.Tensor, size: int, n: int, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``n`` random ``size`` x ``size`` patches of a grayscale ``image`` (H, W), flattened
     row-major: returns (n, size * size). Chapter 04, dictionary learning."""
     image = v.tensor("image", image, ndim=2)

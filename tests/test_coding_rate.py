@@ -5,6 +5,7 @@ singular values of the (d x N) data matrix, 1/2 sum_i log1p(alpha s_i^2), which 
 most accurate float64 route (no Gram matrix is rounded), and cross-checks that against
 ``numpy.linalg.slogdet`` of the d x d form on well-conditioned inputs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -104,8 +105,21 @@ def make(kind: str, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
     return Z.to(dtype)
 
 
-KINDS = ["N<d", "N>d", "N=d", "N=1", "d=1", "rank-deficient", "rank-deficient N<d", "1e4 entries",
-         "1e4 rank-deficient", "1e4 N<d", "tiny entries", "batched", "batched N<d"]
+KINDS = [
+    "N<d",
+    "N>d",
+    "N=d",
+    "N=1",
+    "d=1",
+    "rank-deficient",
+    "rank-deficient N<d",
+    "1e4 entries",
+    "1e4 rank-deficient",
+    "1e4 N<d",
+    "tiny entries",
+    "batched",
+    "batched N<d",
+]
 DTYPES = [torch.float64, torch.float32]
 
 
@@ -250,12 +264,17 @@ def test_class_coding_rate_batched_memberships():
             assert abs(float(Rc[i, j]) - ref) <= 1e-10 * abs(ref)
     # broadcast: memberships (2, 15, 3) against Z (3, 2, 15, 8)
     Rb = class_coding_rate(Z, Pi[0], 0.5)
-    assert rel_err(Rb, np.stack([[ref_class_rate(Z[i, j].numpy(), Pi[0, j].numpy(), 0.5)
-                                  for j in range(2)] for i in range(3)])) <= 1e-10
+    assert (
+        rel_err(
+            Rb, np.stack([[ref_class_rate(Z[i, j].numpy(), Pi[0, j].numpy(), 0.5) for j in range(2)] for i in range(3)])
+        )
+        <= 1e-10
+    )
     y = torch.randint(0, 4, (3, 2, 15), generator=g)
     Ry = class_coding_rate(Z, y, 0.5)
-    ref = np.array([[ref_class_rate(Z[i, j].numpy(), one_hot(y[i, j].numpy(), 4), 0.5)
-                     for j in range(2)] for i in range(3)])
+    ref = np.array(
+        [[ref_class_rate(Z[i, j].numpy(), one_hot(y[i, j].numpy(), 4), 0.5) for j in range(2)] for i in range(3)]
+    )
     assert rel_err(Ry, ref) <= 1e-10
 
 
@@ -321,7 +340,9 @@ FUNCS = {
     "coding_rate_grad": lambda Z, eps: coding_rate_grad(Z, eps),
     "class_coding_rate": lambda Z, eps: class_coding_rate(Z, _labels_for(Z), eps),
     "rate_reduction": lambda Z, eps: rate_reduction(Z, _labels_for(Z), eps),
-    "subspace_coding_rate": lambda Z, eps: subspace_coding_rate(Z, torch.eye(Z.shape[-1], dtype=torch.float64)[None], eps),
+    "subspace_coding_rate": lambda Z, eps: subspace_coding_rate(
+        Z, torch.eye(Z.shape[-1], dtype=torch.float64)[None], eps
+    ),
 }
 
 
@@ -362,8 +383,13 @@ def test_bad_z_and_eps(name, Z, eps, err, match):
         ([0] * 10, TypeError, r"^labels: expected a torch.Tensor, got list"),
         (torch.full((10,), -1), ValueError, r"^labels: expected class indices >= 0, got -1"),
         (torch.zeros(10), ValueError, r"^labels: expected \(N, K\) soft memberships"),
-        (torch.full((10, 2), 0.5).index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(-0.5)).index_put_(
-            (torch.tensor([0]), torch.tensor([1])), torch.tensor(1.5)), ValueError, r"^labels: expected soft memberships >= 0"),
+        (
+            torch.full((10, 2), 0.5)
+            .index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(-0.5))
+            .index_put_((torch.tensor([0]), torch.tensor([1])), torch.tensor(1.5)),
+            ValueError,
+            r"^labels: expected soft memberships >= 0",
+        ),
         (torch.full((10, 2), 0.4), ValueError, r"^labels: expected rows of soft memberships summing to 1"),
         (torch.full((10, 2), float("nan")), ValueError, r"^labels: expected finite"),
         (torch.ones(10, 0), ValueError, r"^labels: expected at least one class"),
@@ -391,9 +417,52 @@ def test_bad_U(U, err, match):
         subspace_coding_rate(Z0, U, 0.5)
 
 
-def test_bad_lambd_and_A():
+def test_bad_lam_and_A():
     U = torch.eye(4, dtype=torch.float64)[None]
-    with pytest.raises(ValueError, match=r"^lambd: expected a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"^lam: expected a finite number >= 0"):
         sparse_rate_reduction(Z0, U, 0.5, -1.0)
     with pytest.raises(ValueError, match=r"^A: expected square"):
         logdet_i_plus(torch.ones(3, 4))
+
+
+# ---------------------------------------------------------------- issue-19 catalogue
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (1, 1), (4, 1)])
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1.0])
+def test_min_n_d_one_is_finite_and_exact_for_any_scale(shape, scale):
+    g = torch.Generator().manual_seed(0)
+    Z = scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+    N, d = shape
+    R = coding_rate(Z, 0.5)
+    assert torch.isfinite(R)
+    # 1/2 log(1 + a ||z||^2) with the squares taken in log space (no overflow in the reference)
+    log_a_s = np.log(d / (N * 0.25)) + 2 * np.log(scale) + np.log(float((Z / scale).square().sum()))
+    assert abs(float(R) - 0.5 * float(np.logaddexp(0.0, log_a_s))) <= 1e-12 * max(1.0, abs(float(R)))
+    assert bool(torch.isfinite(coding_rate_grad(Z, 0.5)).all())
+
+
+def test_min_n_d_one_autograd_matches_closed_form():
+    Z = torch.randn(7, 1, dtype=torch.float64, requires_grad=True)
+    coding_rate(Z, 0.3).backward()
+    torch.testing.assert_close(Z.grad, coding_rate_grad(Z.detach(), 0.3), rtol=1e-12, atol=1e-14)
+    Z0_ = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    coding_rate(Z0_, 0.5).backward()
+    assert torch.equal(Z0_.grad, torch.zeros(1, 3, dtype=torch.float64))
+
+
+def test_eps_tensor_with_grad_is_refused_not_cut():
+    eps = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    for fn in (coding_rate, coding_rate_grad):
+        with pytest.raises(TypeError, match="eps: expected a number, got a tensor that requires grad"):
+            fn(Z0, eps)
+
+
+def test_logdet_i_plus_refuses_non_symmetric():
+    with pytest.raises(ValueError, match="A: expected a symmetric matrix"):
+        logdet_i_plus(torch.tensor([[1.0, 5.0], [0.0, 1.0]], dtype=torch.float64))
+    X = torch.randn(40, 5)
+    logdet_i_plus(X.T @ X)  # float32 rounding of a Gram matrix passes
+
+
+def test_bool_labels_and_fractional_labels_refused():
+    with pytest.raises(TypeError, match="labels: expected integer class labels"):
+        class_coding_rate(Z0, torch.zeros(10, dtype=torch.bool), 0.5)

@@ -1,4 +1,5 @@
 """checks, profiles, utils, results, plot, pca: the foundations every chapter uses."""
+
 from __future__ import annotations
 
 import json
@@ -158,9 +159,126 @@ def test_subspace_iteration_and_nearest_subspace():
         (lambda: pca.subspace_iteration(torch.randn(3, 4), 1), ValueError, "C"),
         (lambda: pca.principal_angles(torch.randn(3, 1), torch.randn(4, 1)), ValueError, "B"),
         (lambda: pca.NearestSubspace(1).predict(torch.randn(2, 3)), RuntimeError, "fit"),
-        (lambda: pca.NearestSubspace(1).fit(torch.randn(4, 3), torch.zeros(3, dtype=torch.long)), ValueError, "y"),
+        (lambda: pca.NearestSubspace(1).fit(torch.randn(4, 3), torch.zeros(3, dtype=torch.long)), ValueError, "labels"),
     ],
 )
 def test_pca_bad_input(call, exc, word):
     with pytest.raises(exc, match=word):
         call()
+
+
+# one home per concern: validation, atomic writes, folders ----------------------------------
+@pytest.mark.parametrize(
+    "call, exc, words",
+    [
+        (lambda: _validate.flag("nonneg", 1), TypeError, "nonneg: expected a bool"),
+        (lambda: _validate.flag("nonneg", "no"), TypeError, "nonneg: expected a bool"),
+        (lambda: _validate.labels("y", torch.tensor([0.0, 1.0])), TypeError, "y: expected integer class labels"),
+        (lambda: _validate.labels("y", torch.tensor([True])), TypeError, "y: expected integer"),
+        (lambda: _validate.labels("y", torch.tensor([0, -1])), ValueError, "y: expected class indices >= 0, got -1"),
+        (lambda: _validate.labels("y", torch.tensor([0, 1]), 3), ValueError, r"y: expected shape \(N=3,\)"),
+        (lambda: _validate.labels("y", torch.tensor([0, 3]), num_classes=3), ValueError, r"in 0\.\.2, got 3"),
+        (lambda: _validate.labels("y", torch.tensor([0, 2]), all_present=True), ValueError, r"classes \[1\] are empty"),
+        (lambda: _validate.labels("y", torch.zeros(2, 2, dtype=torch.long)), ValueError, r"y: expected shape \(N,\)"),
+        (lambda: _validate.memberships("P", torch.full((3, 2), 0.4)), ValueError, "summing to 1"),
+        (
+            lambda: _validate.memberships("P", torch.tensor([[1.5, -0.5]])),
+            ValueError,
+            "P: expected soft memberships >= 0",
+        ),
+        (lambda: _validate.memberships("P", torch.ones(3)), ValueError, r"P: expected \(N, K\) soft memberships"),
+        (lambda: _validate.memberships("P", torch.eye(2), 3), ValueError, r"P: expected shape \(N=3, K\)"),
+        (lambda: _validate.tokens("x", torch.ones(2, 3)), ValueError, "x: expected 3 dimensions"),
+        (lambda: _validate.tokens("x", torch.ones(2, 3, 4), 5), ValueError, r"x: expected shape \(B, N, 5\)"),
+        (
+            lambda: _validate.symmetric("C", torch.tensor([[1.0, 2.0], [0.0, 1.0]])),
+            ValueError,
+            "C: expected a symmetric",
+        ),
+        (lambda: _validate.basis("A", torch.zeros(3, 1)), ValueError, r"A: expected 1 linearly independent.*all zeros"),
+        (lambda: _validate.basis("A", torch.ones(3, 2)), ValueError, "got rank 1"),
+        (lambda: _validate.positive("eps", torch.tensor(0.5, requires_grad=True)), TypeError, "requires grad"),
+        (lambda: _validate.positive("eps", torch.ones(2)), TypeError, "eps: expected a real number"),
+        (lambda: _validate.eps(1e-200), ValueError, "eps: expected 1e-150 <= eps"),
+        (lambda: _validate.generator("generator", 0), TypeError, "generator: expected a torch.Generator"),
+        (lambda: _validate.rows("Z", torch.ones(0, 3)), ValueError, "N >= 1"),
+    ],
+)
+def test_shared_validation_messages(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()
+
+
+def test_shared_validation_accepts_and_converts():
+    assert _validate.labels("y", torch.tensor([0, 1], dtype=torch.int32)).dtype == torch.int64
+    assert _validate.positive("eps", np.float32(0.5)) == 0.5 and _validate.positive("eps", torch.tensor(0.5)) == 0.5
+    _validate.symmetric("C", (lambda X: X.T @ X)(torch.randn(50, 8)))  # rounding in X^T X passes
+    P = torch.full((4, 3), 1 / 3)
+    assert _validate.memberships("P", P, 4) is P
+
+
+def test_atomic_write_replaces_whole_files_and_cleans_up(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    assert utils.atomic_write(path, "one") == path and path.read_text() == "one"
+    utils.atomic_write(path, b"two")
+    assert path.read_bytes() == b"two"
+    with pytest.raises(RuntimeError), utils.atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "two" and sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+    (path.parent / "a.json.tmp999999999").write_text("left by a dead process")
+    (path.parent / f"a.json.tmp{__import__('os').getpid()}").write_text("ours, stale")
+    assert len(utils.remove_stale_temporaries(path)) == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+    with pytest.raises(TypeError, match="data: expected bytes or str"):
+        utils.atomic_write(path, 3)
+    with pytest.raises(IsADirectoryError, match="path"):
+        utils.atomic_write(tmp_path, "x")
+
+
+def test_folders(tmp_path, monkeypatch):
+    assert (utils.project_root() / "crate_lite" / "utils.py").exists()
+    monkeypatch.delenv("CRATE_BUILD", raising=False)
+    assert utils.build_dir() == utils.project_root() / "build"
+    monkeypatch.setenv("CRATE_BUILD", str(tmp_path))
+    assert utils.build_dir() == tmp_path
+
+
+# issue-19 catalogue: pca ---------------------------------------------------------------------
+def test_subspace_iteration_refuses_non_symmetric_and_uses_generator():
+    with pytest.raises(ValueError, match="C: expected a symmetric"):
+        pca.subspace_iteration(torch.tensor([[2.0, 1.0], [0.0, 1.0]]), 1)
+    C = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    Q1 = pca.subspace_iteration(C, 2, 1, generator=torch.Generator().manual_seed(5))
+    Q2 = pca.subspace_iteration(C, 2, 1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(Q1, Q2)
+    with pytest.raises(TypeError, match="generator"):
+        pca.subspace_iteration(C, 2, generator=0)
+
+
+def test_principal_angles_refuse_a_zero_or_dependent_basis():
+    e = torch.eye(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="B: expected 1 linearly independent"):
+        pca.principal_angles(e[:, :2], torch.zeros(4, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="A: expected 2 linearly independent"):
+        pca.principal_angles(torch.ones(4, 2, dtype=torch.float64), e[:, :1])
+
+
+@pytest.mark.parametrize(
+    "labels, exc, words",
+    [
+        (torch.tensor([0, 0, -1, 1]), ValueError, "labels: expected class indices >= 0, got -1"),
+        (torch.tensor([0.0, 0.5, 1.0, 1.0]), TypeError, "labels: expected integer class labels"),
+        (torch.tensor([0, 0, 2, 2]), ValueError, r"classes \[1\] are empty"),
+    ],
+)
+def test_nearest_subspace_refuses_bad_labels(labels, exc, words):
+    with pytest.raises(exc, match=words):
+        pca.NearestSubspace(1).fit(torch.randn(4, 3), labels)
+
+
+def test_nearest_subspace_predict_checks_width():
+    clf = pca.NearestSubspace(1).fit(torch.randn(6, 3), torch.tensor([0, 0, 0, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"X: expected shape \(\*, 3\)"):
+        clf.predict(torch.randn(2, 4))
+    assert clf.predict(torch.randn(2, 3, dtype=torch.float64)).shape == (2,)

@@ -1,4 +1,5 @@
 """Unit tests for crate_lite.mcr2 (chapter 03)."""
+
 import math
 
 import pytest
@@ -19,12 +20,17 @@ def test_orthogonal_optimum_matches_issue_value_and_data():
         U = torch.linalg.qr(torch.randn(d, K * r, dtype=torch.float64))[0]  # (d, K r)
         blocks = []
         for k in range(K):
-            Uk = U[:, k * r:(k + 1) * r]  # (d, r)
+            Uk = U[:, k * r : (k + 1) * r]  # (d, r)
             # rows cycle through the r basis vectors: Z_k^T Z_k = (n / r) Uk Uk^T
             blocks.append(Uk.T[torch.arange(n) % r])  # (n, d)
         Z = torch.cat(blocks)  # (K n, d)
         y = torch.arange(K).repeat_interleave(n)
-        checks.cmp(f"K={K} d={d} r={r}", rate_reduction(Z, y, 0.4), torch.tensor(mcr2.orthogonal_optimum(K, d, 0.4, rank=r), dtype=torch.float64), rtol=1e-10)
+        checks.cmp(
+            f"K={K} d={d} r={r}",
+            rate_reduction(Z, y, 0.4),
+            torch.tensor(mcr2.orthogonal_optimum(K, d, 0.4, rank=r), dtype=torch.float64),
+            rtol=1e-10,
+        )
 
 
 def test_optimum_fails_for_wrong_formula():
@@ -44,7 +50,9 @@ def test_rate_reduction_grad_matches_autograd(soft):
 def test_rate_reduction_grad_empty_class_ignored():
     Z = torch.randn(6, 3, dtype=torch.float64)
     y = torch.tensor([0, 0, 0, 2, 2, 2])  # class 1 empty
-    checks.check_grad("dDeltaR empty class", lambda X: rate_reduction(X, y, 0.5), Z, mcr2.rate_reduction_grad(Z, y, 0.5))
+    checks.check_grad(
+        "dDeltaR empty class", lambda X: rate_reduction(X, y, 0.5), Z, mcr2.rate_reduction_grad(Z, y, 0.5)
+    )
 
 
 def test_mcr2_loss_normalizes_and_is_scale_invariant():
@@ -65,7 +73,7 @@ def test_sphere_gradient_ascent_monotone_to_optimum():
     g = torch.Generator().manual_seed(1)
     Z = torch.randn(90, 3, generator=g, dtype=torch.float64)
     y = torch.arange(3).repeat_interleave(30)
-    Zf, hist = mcr2.sphere_gradient_ascent(Z, y, EPS, step=0.03, n_steps=150)
+    Zf, hist = mcr2.sphere_gradient_ascent(Z, y, EPS, step_size=0.03, n_iter=150)
     assert hist.shape == (151,)
     assert float(hist.diff().min()) > -1e-9
     assert float(hist[-1]) == pytest.approx(mcr2.orthogonal_optimum(3, 3, EPS), abs=1e-4)
@@ -98,6 +106,7 @@ def test_feature_mlp():
 
 # ---- bad input ----------------------------------------------------------------------
 
+
 def test_bad_inputs():
     Z = torch.randn(6, 3)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -129,7 +138,7 @@ def test_bad_inputs_optimum_and_ascent():
         mcr2.orthogonal_optimum(3, 2, 0.5)  # K r > d
     with pytest.raises(ValueError, match="dim"):
         mcr2.orthogonal_optimum(2, 3, 0.5, rank=2)
-    with pytest.raises(TypeError, match="n_classes"):
+    with pytest.raises(TypeError, match="num_classes"):
         mcr2.orthogonal_optimum(3.0, 3, 0.5)
     with pytest.raises(ValueError, match="rank"):
         mcr2.orthogonal_optimum(3, 3, 0.5, rank=0)
@@ -137,12 +146,12 @@ def test_bad_inputs_optimum_and_ascent():
         mcr2.orthogonal_optimum(3, 3, float("inf"))
     Z = torch.randn(6, 3)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    with pytest.raises(ValueError, match="step"):
-        mcr2.sphere_gradient_ascent(Z, y, 0.5, step=0.0)
-    with pytest.raises(ValueError, match="n_steps"):
-        mcr2.sphere_gradient_ascent(Z, y, 0.5, n_steps=-1)
-    with pytest.raises(TypeError, match="n_steps"):
-        mcr2.sphere_gradient_ascent(Z, y, 0.5, n_steps=2.5)
+    with pytest.raises(ValueError, match="step_size"):
+        mcr2.sphere_gradient_ascent(Z, y, 0.5, step_size=0.0)
+    with pytest.raises(ValueError, match="n_iter"):
+        mcr2.sphere_gradient_ascent(Z, y, 0.5, n_iter=-1)
+    with pytest.raises(TypeError, match="n_iter"):
+        mcr2.sphere_gradient_ascent(Z, y, 0.5, n_iter=2.5)
     with pytest.raises(ValueError, match="Z"):
         mcr2.sphere_gradient_ascent(torch.randn(6), y, 0.5)
 
@@ -174,3 +183,33 @@ def test_bad_inputs_diagnostics_and_mlp():
         f(torch.rand(4, 63))
     with pytest.raises(ValueError, match="x"):
         f(torch.rand(64))
+
+
+# issue-19 catalogue -----------------------------------------------------------------------
+@pytest.mark.parametrize("eps", [1e-6, 1e-9])
+def test_rate_reduction_grad_rank_deficient_float32_tiny_eps_is_finite(eps):
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(30, 2, generator=g) @ torch.randn(2, 8, generator=g)  # rank 2 in R^8, float32
+    y = torch.arange(30) % 3
+    grad = mcr2.rate_reduction_grad(Z, y, eps)
+    assert grad.dtype == torch.float32 and bool(torch.isfinite(grad).all())
+
+
+def test_rate_reduction_grad_matches_autograd_in_float64():
+    Z = torch.randn(24, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.arange(24) % 3
+    rate_reduction(Z, y, 0.5).backward()
+    torch.testing.assert_close(mcr2.rate_reduction_grad(Z.detach(), y, 0.5), Z.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call, exc, words",
+    [
+        (lambda: mcr2.mcr2_loss(torch.randn(6, 3), torch.arange(6) % 2, 0.5, normalize=1), TypeError, "normalize"),
+        (lambda: mcr2.class_singular_values(torch.randn(4, 3), torch.tensor([0.0, 1, 0, 1])), TypeError, "labels"),
+        (lambda: mcr2.abs_cosine_matrix(torch.randn(4, 3), torch.tensor([0, -1, 0, 1])), ValueError, ">= 0"),
+    ],
+)
+def test_shared_label_and_flag_checks(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()

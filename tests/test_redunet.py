@@ -1,5 +1,6 @@
 """Tests for crate_lite.redunet (chapter 05): operators vs autograd, ridge residuals, the
 layer, forward construction and the sphere optimum, and bad input."""
+
 from __future__ import annotations
 
 import math
@@ -67,12 +68,14 @@ def test_soft_membership_and_layer() -> None:
     torch.testing.assert_close(redunet.layer(Z, E, C, gamma, 0.5, labels=y), expected, rtol=1e-10, atol=1e-12)
     # soft path: same formula with Pi in place of one-hot labels
     step = Z @ E - torch.einsum("nk,nke->ne", Pi * gamma, torch.einsum("nd,kde->nke", Z, C))
-    torch.testing.assert_close(redunet.layer(Z, E, C, gamma, 0.5, lam=50.0), torch.nn.functional.normalize(Z + 0.5 * step, dim=1))
+    torch.testing.assert_close(
+        redunet.layer(Z, E, C, gamma, 0.5, sharpness=50.0), torch.nn.functional.normalize(Z + 0.5 * step, dim=1)
+    )
 
 
 def test_fit_records_rates_and_transform_reproduces_features() -> None:
     Z, y = _data(60, 4, 3)
-    net = redunet.ReduNet(eta=0.5, eps=0.7, lam=100.0, n_layers=8).fit(Z, y, keep=(0, 4, 8))
+    net = redunet.ReduNet(depth=8, step_size=0.5, eps=0.7, sharpness=100.0).fit(Z, y, keep=(0, 4, 8))
     h = net.history
     assert h["delta_R"].shape == (9,)
     torch.testing.assert_close(h["R"][4], coding_rate(net.snapshots[4], 0.7))
@@ -80,8 +83,8 @@ def test_fit_records_rates_and_transform_reproduces_features() -> None:
     torch.testing.assert_close(h["delta_R"][8], rate_reduction(net.features, y, 0.7))
     torch.testing.assert_close(net.snapshots[0], Z)
     torch.testing.assert_close(net.transform(Z, y), net.features, rtol=0, atol=0)
-    torch.testing.assert_close(net.transform(Z, y, n_layers=4), net.snapshots[4], rtol=0, atol=0)
-    torch.testing.assert_close(net.E[2], redunet.operators(net.transform(Z, y, n_layers=2), y, 0.7)[0])
+    torch.testing.assert_close(net.transform(Z, y, depth=4), net.snapshots[4], rtol=0, atol=0)
+    torch.testing.assert_close(net.E[2], redunet.operators(net.transform(Z, y, depth=2), y, 0.7)[0])
     assert bool((h["delta_R"].diff() > 0).all())
     torch.testing.assert_close(net.transform(Z).norm(dim=1), torch.ones(60, dtype=DT))
 
@@ -89,7 +92,7 @@ def test_fit_records_rates_and_transform_reproduces_features() -> None:
 def test_thread_setting_is_restored() -> None:
     before = torch.get_num_threads()
     Z, y = _data(20, 3, 2)
-    redunet.ReduNet(eta=0.5, eps=0.5, lam=10.0, n_layers=2).fit(Z, y)
+    redunet.ReduNet(depth=2, step_size=0.5, eps=0.5, sharpness=10.0).fit(Z, y)
     assert torch.get_num_threads() == before
 
 
@@ -98,7 +101,7 @@ def test_sphere_reaches_the_mcr2_optimum(seed: int) -> None:
     """Chapter 05, section 5.7: 3 Gaussians on S^2, 2000 layers, within 1e-4 of 1.879849."""
     Z, y = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=seed)
     Zt, yt = gaussians_on_sphere(200, torch.eye(3), dim=3, noise=0.1, seed=seed + 1000)
-    net = redunet.ReduNet(eta=0.5, eps=EPS_TOY, lam=500.0, n_layers=2000).fit(Z.to(DT), y)
+    net = redunet.ReduNet(depth=2000, step_size=0.5, eps=EPS_TOY, sharpness=500.0).fit(Z.to(DT), y)
     dR = net.history["delta_R"]
     opt = mcr2.orthogonal_optimum(3, 3, EPS_TOY)
     assert abs(opt - 1.879849) < 1e-6
@@ -117,7 +120,7 @@ def test_random_centres_converge_at_the_predicted_rate() -> None:
     a, an = 3 / (1500 * 0.1), 10.0  # alpha, alpha n
     rho = 1 - 2 * 0.5 * a * an / (1 + an) ** 2 / (1 + 0.5 * a * (1 / (1 + an) - 1 / (1 + 3 * an)))
     Z, y = gaussians_on_sphere(500, 3, dim=3, noise=0.1, seed=2)
-    net = redunet.ReduNet(eta=0.5, eps=EPS_TOY, lam=500.0, n_layers=3000).fit(Z.to(DT), y)
+    net = redunet.ReduNet(depth=3000, step_size=0.5, eps=EPS_TOY, sharpness=500.0).fit(Z.to(DT), y)
     gap = mcr2.orthogonal_optimum(3, 3, EPS_TOY) - net.history["delta_R"]
     assert bool((gap.diff() <= 0).all())
     assert 1e-4 < float(gap[2000]) < 1e-3
@@ -132,23 +135,23 @@ def test_random_centres_converge_at_the_predicted_rate() -> None:
 
 
 def test_bad_constructor_arguments() -> None:
-    with pytest.raises(ValueError, match="eta"):
-        redunet.ReduNet(eta=0.0, eps=0.5, lam=1.0, n_layers=3)
+    with pytest.raises(ValueError, match="step_size"):
+        redunet.ReduNet(depth=3, step_size=0.0, eps=0.5, sharpness=1.0)
     with pytest.raises(ValueError, match="eps"):
-        redunet.ReduNet(eta=0.5, eps=-1.0, lam=1.0, n_layers=3)
-    with pytest.raises(ValueError, match="lam"):
-        redunet.ReduNet(eta=0.5, eps=0.5, lam=0.0, n_layers=3)
-    with pytest.raises(ValueError, match="n_layers"):
-        redunet.ReduNet(eta=0.5, eps=0.5, lam=1.0, n_layers=0)
-    with pytest.raises(TypeError, match="n_layers"):
-        redunet.ReduNet(eta=0.5, eps=0.5, lam=1.0, n_layers=True)
-    with pytest.raises(TypeError, match="eta"):
-        redunet.ReduNet(eta="0.5", eps=0.5, lam=1.0, n_layers=3)
+        redunet.ReduNet(depth=3, step_size=0.5, eps=-1.0, sharpness=1.0)
+    with pytest.raises(ValueError, match="sharpness"):
+        redunet.ReduNet(depth=3, step_size=0.5, eps=0.5, sharpness=0.0)
+    with pytest.raises(ValueError, match="depth"):
+        redunet.ReduNet(depth=0, step_size=0.5, eps=0.5, sharpness=1.0)
+    with pytest.raises(TypeError, match="depth"):
+        redunet.ReduNet(depth=True, step_size=0.5, eps=0.5, sharpness=1.0)
+    with pytest.raises(TypeError, match="step_size"):
+        redunet.ReduNet(depth=3, step_size="0.5", eps=0.5, sharpness=1.0)
 
 
 def test_bad_fit_arguments() -> None:
     Z, y = _data(12, 3, 3)
-    net = redunet.ReduNet(eta=0.5, eps=0.5, lam=1.0, n_layers=3)
+    net = redunet.ReduNet(depth=3, step_size=0.5, eps=0.5, sharpness=1.0)
     with pytest.raises(TypeError, match="Z"):
         net.fit(Z.numpy(), y)
     with pytest.raises(ValueError, match="Z: expected 2 dimensions"):
@@ -161,7 +164,7 @@ def test_bad_fit_arguments() -> None:
         net.fit(Z, y.to(DT))
     with pytest.raises(TypeError, match="labels"):
         net.fit(Z, y > 0)
-    with pytest.raises(ValueError, match="labels: expected length N=12"):
+    with pytest.raises(ValueError, match=r"labels: expected shape \(N=12,\)"):
         net.fit(Z, y[:5])
     with pytest.raises(ValueError, match="labels: expected class indices >= 0"):
         net.fit(Z, y - 1)
@@ -173,17 +176,17 @@ def test_bad_fit_arguments() -> None:
 
 def test_bad_transform_arguments() -> None:
     Z, y = _data(12, 3, 3)
-    net = redunet.ReduNet(eta=0.5, eps=0.5, lam=1.0, n_layers=3)
+    net = redunet.ReduNet(depth=3, step_size=0.5, eps=0.5, sharpness=1.0)
     with pytest.raises(RuntimeError, match="fit"):
         net.transform(Z)
     net.fit(Z, y)
     with pytest.raises(ValueError, match=r"Z: expected shape \(\*, 3\)"):
         net.transform(torch.ones(4, 5, dtype=DT))
-    with pytest.raises(ValueError, match="n_layers: expected at most the 3"):
-        net.transform(Z, n_layers=4)
+    with pytest.raises(ValueError, match="depth: expected at most the 3"):
+        net.transform(Z, depth=4)
     with pytest.raises(ValueError, match=r"labels: expected class indices in 0\.\.2"):
         net.transform(Z, y + 1)
-    with pytest.raises(ValueError, match="labels: expected length 12"):
+    with pytest.raises(ValueError, match=r"labels: expected shape \(N=12,\)"):
         net.transform(Z, y[:3])
 
 
@@ -196,17 +199,33 @@ def test_bad_operator_and_layer_arguments() -> None:
         redunet.soft_membership(Z, C[:, :2], 1.0)
     with pytest.raises(ValueError, match="C: expected 3 dimensions"):
         redunet.soft_membership(Z, C[0], 1.0)
-    with pytest.raises(ValueError, match="lam"):
+    with pytest.raises(ValueError, match="sharpness"):
         redunet.soft_membership(Z, C, -1.0)
     with pytest.raises(ValueError, match=r"E: expected shape \(3, 3\)"):
         redunet.layer(Z, E[:2], C, gamma, 0.5, labels=y)
     with pytest.raises(ValueError, match=r"gamma: expected shape \(3\)"):
         redunet.layer(Z, E, C, gamma[:2], 0.5, labels=y)
-    with pytest.raises(ValueError, match="lam: expected a number > 0 when labels is None"):
+    with pytest.raises(ValueError, match="sharpness: expected a number > 0 when labels is None"):
         redunet.layer(Z, E, C, gamma, 0.5)
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match="step_size"):
         redunet.layer(Z, E, C, gamma, -0.5, labels=y)
     with pytest.raises(ValueError, match=r"labels: expected class indices in 0\.\.2"):
         redunet.layer(Z, E, C, gamma, 0.5, labels=y + 3)
     with pytest.raises(TypeError, match="labels"):
         redunet.layer(Z, E, C, gamma, 0.5, labels=y.to(DT))
+
+
+# issue-19 catalogue -----------------------------------------------------------------------
+def test_fit_with_too_small_eps_for_float32_is_a_clear_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    Z = torch.nn.functional.normalize(torch.randn(60, 2, generator=g) @ torch.randn(2, 6, generator=g), dim=1)
+    y = torch.arange(60) % 3
+    with pytest.raises(ValueError, match="eps: .* not numerically positive definite .* float64"):
+        redunet.ReduNet(depth=2, step_size=0.5, eps=1e-5, sharpness=10.0).fit(Z, y)
+    net = redunet.ReduNet(depth=2, step_size=0.5, eps=1e-5, sharpness=10.0).fit(Z.double(), y)
+    assert bool(torch.isfinite(net.features).all())
+
+
+def test_old_argument_names_are_gone() -> None:
+    with pytest.raises(TypeError):
+        redunet.ReduNet(eta=0.5, eps=0.5, lam=1.0, n_layers=3)

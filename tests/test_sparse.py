@@ -1,6 +1,7 @@
 """Unit tests for crate_lite.sparse (chapter 04): proximal maps, ISTA/FISTA against an
 independent LASSO solver (scikit-learn), LISTA, dictionary learning, the CRATE ISTA block,
 and every bad-input case."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,8 +42,9 @@ def test_prox_matches_numerical_minimisation(nonneg):
     got = fn(xs, lam)
     for x, z in zip(xs.tolist(), got.tolist()):
         bounds = (0.0, 10.0) if nonneg else (-10.0, 10.0)
-        res = minimize_scalar(lambda u: 0.5 * (u - x) ** 2 + lam * abs(u), bounds=bounds, method="bounded",
-                              options={"xatol": 1e-10})
+        res = minimize_scalar(
+            lambda u: 0.5 * (u - x) ** 2 + lam * abs(u), bounds=bounds, method="bounded", options={"xatol": 1e-10}
+        )
         assert abs(res.x - z) < 1e-6, (x, z, res.x)
 
 
@@ -144,14 +146,14 @@ def test_ista_batched_and_warm_start():
 
 
 def test_ista_step_is_crate_block():
-    """ReLU(Y + eta (Y W - Y W^T W) - eta lam) (COURSE.md section 11) == one nonneg ISTA step from Y."""
+    """ReLU(Y + eta (Y W - Y W^T W) - eta lam) (the CRATE block) == one nonneg ISTA step from Y."""
     g = torch.Generator().manual_seed(0)
     Y = torch.randn(2, 7, 16, generator=g)  # (B, N, d)
     W = torch.randn(16, 16, generator=g) / 4
     eta, lam = 0.1, 0.1
     crate = torch.relu(Y + eta * (Y @ W - Y @ W.T @ W) - eta * lam)
     torch.testing.assert_close(S.ista_step(Y, Y, W, lam, eta, nonneg=True), crate)
-    torch.testing.assert_close(S.ista(Y, W, lam, 1, step=eta, nonneg=True, Z0=Y), crate)
+    torch.testing.assert_close(S.ista(Y, W, lam, 1, step_size=eta, nonneg=True, Z0=Y), crate)
     wrong_sign = torch.relu(Y + eta * (Y @ W - Y @ W.T @ W) + eta * lam)
     assert not torch.allclose(S.ista_step(Y, Y, W, lam, eta, nonneg=True), wrong_sign)
 
@@ -243,8 +245,8 @@ def test_bad_inputs():
         S.fista(X, A, lam, 0)
     with pytest.raises(TypeError, match="n_iter: expected an int, got float"):
         S.ista(X, A, lam, 10.0)
-    with pytest.raises(ValueError, match="step: expected a finite number > 0, got 0.0"):
-        S.ista(X, A, lam, 10, step=0.0)
+    with pytest.raises(ValueError, match="step_size: expected a finite number > 0, got 0.0"):
+        S.ista(X, A, lam, 10, step_size=0.0)
     with pytest.raises(TypeError, match="A: expected dtype torch.float64"):
         S.ista(X, A.float(), lam, 10)
     with pytest.raises(ValueError, match="A: expected 2 dimensions"):
@@ -276,9 +278,9 @@ def test_bad_inputs_other_functions():
         S.lasso_objective(X, A, Z[:, :-1], lam)
     with pytest.raises(ValueError, match=r"A: expected shape \(m=30, n\)"):
         S.ista_step(Z, X, A[:-1], lam, 0.1)
-    with pytest.raises(ValueError, match="step: expected a finite number > 0"):
+    with pytest.raises(ValueError, match="step_size: expected a finite number > 0"):
         S.ista_step(Z, X, A, lam, -0.1)
-    with pytest.raises(ValueError, match="n_layers: expected an int >= 1"):
+    with pytest.raises(ValueError, match="depth: expected an int >= 1"):
         S.LISTA(A, lam, 0)
     with pytest.raises(ValueError, match=r"X: expected shape \(\.\.\., N, m=30\)"):
         S.LISTA(A, lam, 2)(X[:, :-1])
@@ -298,3 +300,48 @@ def test_bad_inputs_other_functions():
         S.extract_patches(torch.zeros(4, 5), 6, 2)
     with pytest.raises(ValueError, match="image: expected 2 dimensions"):
         S.extract_patches(torch.zeros(1, 4, 5), 2, 2)
+
+
+# ----------------------------------------------------------------------------- issue-19 catalogue
+@pytest.mark.parametrize("bad", [1, 0, "yes", None, torch.tensor(True)])
+def test_nonneg_must_be_a_bool(bad):
+    X, A, lam = _problem(0)
+    Z = torch.zeros(4, 15, dtype=torch.float64)
+    for call in (
+        lambda: S.ista(X, A, lam, 2, nonneg=bad),
+        lambda: S.fista(X, A, lam, 2, nonneg=bad),
+        lambda: S.ista_step(Z, X, A, lam, 0.1, nonneg=bad),
+        lambda: S.lasso_objective(X, A, Z, lam, nonneg=bad),
+        lambda: S.LISTA(A, lam, 2, nonneg=bad),
+        lambda: S.sparse_signals(3, A, nonneg=bad),
+    ):
+        with pytest.raises(TypeError, match="nonneg: expected a bool"):
+            call()
+
+
+@pytest.mark.parametrize("solver", [S.ista, S.fista])
+def test_divergence_is_an_error_not_nan_codes(solver):
+    X, A, lam = _problem(0)
+    L = S.lipschitz_constant(A)
+    with pytest.raises(FloatingPointError, match=rf"{solver.__name__}: the codes became NaN or inf.*2/L"):
+        solver(X, A, lam, 3000, step_size=50.0 / L)
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        solver(X * 1e200, A * 1e150, lam, 5)
+
+
+def test_options_are_keyword_only():
+    X, A, lam = _problem(0)
+    with pytest.raises(TypeError):
+        S.ista(X, A, lam, 5, 0.1)  # step_size= must be named
+    with pytest.raises(TypeError):
+        S.LISTA(A, lam, 2, 0.1)
+
+
+def test_threshold_shape_and_lista_dtype_checked():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"lam: expected a shape that broadcasts to x's \(4, 3\), got \(5,\)"):
+        S.soft_threshold(x, torch.ones(5))
+    assert S.soft_threshold(x, torch.full((3,), 0.1)).shape == (4, 3)
+    X, A, lam = _problem(0)
+    model = S.LISTA(A.float(), lam, 2)
+    assert model(X).dtype == torch.float32  # float64 input is cast to the model's dtype

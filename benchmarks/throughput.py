@@ -1,20 +1,22 @@
 """Forward+backward throughput of CRATE on the CPU: crate_lite fast path vs literal
-path vs the reference implementation's computation (``reference_crate.py``).
+path vs the reference implementation's computation (``tests/reference_crate.py``, the
+oracle the tests compare against).
 
     .venv/bin/python benchmarks/throughput.py            # configs A and B, 2 threads
     .venv/bin/python benchmarks/throughput.py --configs B --steps 20
     .venv/bin/python benchmarks/throughput.py --official path/to/CRATE/model/crate.py
 
 All models hold the same weights (the reference model is loaded from
-``crate_lite.crate.to_official_state_dict``) and their logits are compared before timing.
+``crate_lite.models.to_official_state_dict``) and their logits are compared before timing.
 ``--official`` adds a fourth model: the ``CRATE`` class of a checkout of the official
 repository (Ma-Lab-Berkeley/CRATE ``model/crate.py``, which needs ``einops``), timed in the
-same rounds, so that ``reference_crate.py`` can be checked against it.
+same rounds, so that ``tests/reference_crate.py`` can be checked against it.
 Timing is interleaved: each round runs one step of every model in turn, so that noise
 from other jobs on a shared machine hits all of them alike; the table reports the median
 over ``--steps`` rounds after ``--warmup`` rounds. One step = forward, cross-entropy,
 backward (gradients set to None before each step).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +32,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_crate import ReferenceCRATE  # noqa: E402
+from crate_lite.models import CRATE, CRATEConfig, to_official_state_dict
 
-from crate_lite.crate import CRATE, CRATEConfig, to_official_state_dict  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from reference_crate import ReferenceCRATE  # noqa: E402
 
 CONFIGS = {
     "A": (dict(image_size=32, patch_size=4, channels=3, num_classes=10, dim=384, depth=12, heads=6, dim_head=64), 64),
@@ -115,17 +117,25 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     official = load_official(args.official) if args.official else None
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
-          f"{os.cpu_count()} cores, {torch.get_num_threads()} threads | median of {args.steps} steps "
-          f"after {args.warmup} warm-up, interleaved | {time.strftime('%Y-%m-%d')}")
+    print(
+        f"torch {torch.__version__} | {platform.processor() or platform.machine()} | "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} threads | median of {args.steps} steps "
+        f"after {args.warmup} warm-up, interleaved | {time.strftime('%Y-%m-%d')}"
+    )
     o_head, o_rule = (" official (img/s) | fast/official |", "---|---|") if official else ("", "")
-    rows = ["| config | batch | fast (img/s) | literal (img/s) | reference (img/s) | fast/literal | fast/reference |"
-            + o_head + " max logit diff |", "|---|---|---|---|---|---|---|" + o_rule + "---|"]
+    rows = [
+        "| config | batch | fast (img/s) | literal (img/s) | reference (img/s) | fast/literal | fast/reference |"
+        + o_head
+        + " max logit diff |",
+        "|---|---|---|---|---|---|---|" + o_rule + "---|",
+    ]
     for name in args.configs:
         r = run(name, args.steps, args.warmup, official)
         o_cols = f" {r['official']:.1f} | {r['fast'] / r['official']:.2f}x |" if official else ""
-        rows.append(f"| {name} | {CONFIGS[name][1]} | {r['fast']:.1f} | {r['literal']:.1f} | {r['reference']:.1f} | "
-                    f"{r['fast'] / r['literal']:.2f}x | {r['fast'] / r['reference']:.2f}x |{o_cols} {r['max_logit_diff']:.1e} |")
+        rows.append(
+            f"| {name} | {CONFIGS[name][1]} | {r['fast']:.1f} | {r['literal']:.1f} | {r['reference']:.1f} | "
+            f"{r['fast'] / r['literal']:.2f}x | {r['fast'] / r['reference']:.2f}x |{o_cols} {r['max_logit_diff']:.1e} |"
+        )
         print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
 

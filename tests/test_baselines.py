@@ -1,12 +1,13 @@
-"""Tests of crate_lite.baselines: the ViT shares CRATE's embedding and head, and its layers
-have 12 d^2 + 13 d parameters (chapter 07, eq. 7.4)."""
+"""Tests of crate_lite.models.vit: the ViT is composed from CRATE's embedding, pooling and
+head parts around its own layer, its layers have 12 d^2 + 13 d parameters (chapter 07,
+eq. 7.4), and its attention honours masks."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from crate_lite import crate
-from crate_lite.baselines import ViT, ViTLayer
+from crate_lite.models import ViT, ViTLayer, causal_mask, crate, padding_mask
 
 
 def count(m: torch.nn.Module) -> int:
@@ -29,6 +30,15 @@ def test_vit_shares_embedding_and_head_shapes():
     assert shared == {k: t.shape for k, t in v.state_dict().items() if not k.startswith("layers.")}
 
 
+def test_vit_is_composed_not_a_crate():
+    cfg = crate.preset("smoke")
+    c, v = crate.CRATE(cfg), ViT(cfg)
+    assert not isinstance(v, crate.CRATE)
+    for part in ("embed", "pool", "head"):
+        assert type(getattr(v, part)) is type(getattr(c, part))
+    assert all(type(layer) is ViTLayer for layer in v.layers)
+
+
 def test_vit_forward_shapes_and_intermediates():
     cfg = crate.preset("smoke")
     v = ViT(cfg)
@@ -49,6 +59,24 @@ def test_vit_layer_attention_matches_explicit_softmax():
     explicit, a = layer.attention(y, need_attn=True)
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-6)
     assert a.shape == (2, 2, 5, 5)
+
+
+def test_vit_layer_attention_with_masks():
+    torch.manual_seed(0)
+    layer = ViTLayer(16, 2, 8)
+    y = torch.randn(2, 6, 16)
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    for mask in (causal_mask(6)[None, None], padding_mask(valid), causal_mask(6) & padding_mask(valid)):
+        fused, _ = layer.attention(y, mask)
+        explicit, a = layer.attention(y, mask, need_attn=True)
+        torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-6)
+        assert torch.all(a[~mask.expand_as(a)] == 0)
+    z = torch.randn(2, 6, 16)
+    z2 = z.clone()
+    z2[:, 3:] += 1.0
+    with torch.no_grad():
+        past, past2 = layer(z, mask=causal_mask(6))[:, :3], layer(z2, mask=causal_mask(6))[:, :3]
+    torch.testing.assert_close(past, past2, rtol=0, atol=0)
 
 
 def test_vit_trains_one_step():

@@ -1,13 +1,14 @@
 """Tests of crate_lite.diagnostics on fresh models: per-layer R^c and sparsity against
 direct computations, attention maps, any preset, mode preserved, bad input."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from crate_lite import crate, diagnostics
-from crate_lite.baselines import ViT
+from crate_lite import diagnostics
 from crate_lite.coding_rate import subspace_coding_rate
+from crate_lite.models import Backbone, CRATELayer, Pool, TokenEmbedding, ViT, crate
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +23,24 @@ def test_layer_stats_match_direct_computation(model):
     assert st.depth == model.config.depth and st.n_images == 10
     with torch.no_grad():
         _, inter = model(x, return_intermediates=True)
-    for l, layer in enumerate(model.layers):
+    for i, layer in enumerate(model.layers):
         U = layer.mssa.subspaces()  # (K, d, p)
         K, p = model.config.heads, model.config.dim_head
         # independent route: per image, per head, logdet of the N x N Gram matrix, float64
-        Z = inter.z_half[l].double()  # (B, N, d)
+        Z = inter.z_half[i].double()  # (B, N, d)
         N = Z.shape[1]
-        rc = sum(0.5 * torch.logdet(torch.eye(N, dtype=torch.float64) + p / (N * 0.25) * (Z @ U[k].double()) @ (Z @ U[k].double()).mT)
-                 for k in range(K))  # (B,)
-        torch.testing.assert_close(st.rc_half[l], rc.mean(), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(st.rc_input[l], subspace_coding_rate(inter.inputs[l], U, 0.5).double().mean(), rtol=1e-4, atol=1e-4)
-        assert float(st.sparsity[l]) == pytest.approx(float((inter.outputs[l] == 0).double().mean()))
+        rc = sum(
+            0.5
+            * torch.logdet(
+                torch.eye(N, dtype=torch.float64) + p / (N * 0.25) * (Z @ U[k].double()) @ (Z @ U[k].double()).mT
+            )
+            for k in range(K)
+        )  # (B,)
+        torch.testing.assert_close(st.rc_half[i], rc.mean(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            st.rc_input[i], subspace_coding_rate(inter.inputs[i], U, 0.5).double().mean(), rtol=1e-4, atol=1e-4
+        )
+        assert float(st.sparsity[i]) == pytest.approx(float((inter.outputs[i] == 0).double().mean()))
     assert torch.all((st.sparsity > 0) & (st.sparsity < 1))
 
 
@@ -88,12 +96,36 @@ def test_cls_attention_is_row_zero_of_attention(model):
     torch.testing.assert_close(maps[-1].sum((-2, -1)) + A[:, :, 0, 0], torch.ones(3, model.config.heads))
 
 
+def test_cls_attention_of_a_vit():
+    torch.manual_seed(0)
+    v = ViT(crate.preset("smoke"))
+    x = torch.rand(3, 1, 28, 28)
+    maps = diagnostics.cls_attention(v, x)
+    with torch.no_grad():
+        _, inter = v(x, return_intermediates=True)
+    assert maps.shape == (2, 3, 2, 4, 4)
+    torch.testing.assert_close(maps[0].flatten(-2), inter.attentions[0][:, :, 0, 1:])
+
+
+def test_non_image_model_is_refused_for_attention_maps():
+    torch.manual_seed(0)
+    cfg = crate.preset("smoke")
+    lm = Backbone(TokenEmbedding(7, 8, cfg.dim), [CRATELayer(cfg)], Pool("none"), torch.nn.Linear(cfg.dim, 7))
+    idx = torch.randint(0, 7, (2, 8))
+    st = diagnostics.layer_stats(lm, idx)  # token ids in: R^c and sparsity need only the layers
+    assert st.depth == 1 and st.n_images == 2
+    with pytest.raises(TypeError, match="model: expected an image model"):
+        diagnostics.cls_attention(lm, idx)
+
+
 def test_bad_inputs(model):
     x = torch.rand(2, 1, 28, 28)
     with pytest.raises(TypeError, match="model"):
         diagnostics.layer_stats(torch.nn.Linear(3, 3), x)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"model: R\^c .* need CRATE layers \(with .mssa\), got ViTLayer"):
         diagnostics.layer_stats(ViT(crate.preset("smoke")), x)
+    with pytest.raises(TypeError, match="model: expected a crate_lite.models network"):
+        diagnostics.cls_attention(torch.nn.Linear(3, 3), x)
     with pytest.raises(TypeError, match="images"):
         diagnostics.layer_stats(model, x.numpy())
     with pytest.raises(ValueError, match="images"):

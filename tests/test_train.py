@@ -221,7 +221,7 @@ def test_fit_rejects_bad_arguments(digits):
         fit(model, loss, (X, y[:-1]), tc)
     with pytest.raises(TypeError, match="labels"):
         fit(model, loss, (X, y.float()), tc)
-    with pytest.raises(ValueError, match=r"labels: expected class indices in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"labels: expected class indices in 0\.\.9"):
         fit(model, loss, (X, y + 5), tc)
     with pytest.raises(TypeError, match="evaluate"):
         fit(model, loss, digits[0], tc, evaluate=[1, 2, 3])

@@ -20,8 +20,9 @@ import urllib.request
 from pathlib import Path
 
 from .. import _validate as v
+from .. import utils
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = utils.project_root()
 MANIFEST_PATH = PROJECT_ROOT / "datasets" / "manifest.json"
 ALGORITHMS = ("sha256", "md5")
 

@@ -38,12 +38,6 @@ as ``eval_every``, ``num_workers`` or ``progress``, do not change the trajectory
 EMA_SCHEDULES = ("constant", "cosine")
 
 
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _fraction(name: str, value: object) -> float:
     """A real number in [0, 1)."""
     value = v.positive(name, value, allow_zero=True)
@@ -104,7 +98,7 @@ class TrainConfig:
             _fraction("ema_decay", self.ema_decay)
         v.choice("ema_schedule", self.ema_schedule, EMA_SCHEDULES)
         for name in ("resume", "amp", "compile", "progress"):
-            _flag(name, getattr(self, name))
+            v.flag(name, getattr(self, name))
         if self.checkpoint is not None:
             if not isinstance(self.checkpoint, (str, os.PathLike)):
                 raise TypeError(f"checkpoint: expected a path or None, got {type(self.checkpoint).__name__}")

@@ -26,20 +26,6 @@ from .distributed import all_reduce_sum, unwrap, world
 from .loop import LossFn, autocast
 
 
-def _check_labels(name: str, y: object, n: int | None, num_classes: int | None) -> torch.Tensor:
-    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
-        got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
-        raise TypeError(f"{name}: expected an int64 tensor of class indices, got {got}")
-    if n is not None and tuple(y.shape) != (n,):
-        raise ValueError(f"{name}: expected shape ({n},) to match the inputs, got {tuple(y.shape)}")
-    if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"{name}: expected class indices in [0, {num_classes}) (the model's {num_classes} logits), "
-            f"got values in [{int(y.min())}, {int(y.max())}]"
-        )
-    return y
-
-
 def classification_loss(label_smoothing: float = 0.0) -> LossFn:
     """A ``loss_fn(model, (x, y)) -> (cross-entropy, {"acc": batch accuracy})`` for :func:`fit`."""
     eps = v.positive("label_smoothing", label_smoothing, allow_zero=True)
@@ -51,7 +37,7 @@ def classification_loss(label_smoothing: float = 0.0) -> LossFn:
             raise TypeError(f"batch: expected a pair (x, y) of inputs and labels, got {type(batch).__name__}")
         x, y = batch
         logits = model(x).float()  # (B, C)
-        _check_labels("labels", y, logits.shape[0], logits.shape[-1])
+        v.labels("labels", y, logits.shape[0], num_classes=logits.shape[-1])
         loss = F.cross_entropy(logits, y, label_smoothing=eps)
         return loss, {"acc": (logits.detach().argmax(-1) == y).float().mean()}
 
@@ -70,7 +56,7 @@ def evaluate_classification(
     eval mode is restored afterwards.
     """
     X = v.tensor("X", X, min_ndim=1, floating=False, finite=False)
-    _check_labels("y", y, X.shape[0], None)
+    y = v.labels("y", y, X.shape[0])
     v.integer("batch_size", batch_size, minimum=1)
     if not isinstance(prefix, str):
         raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
@@ -87,7 +73,7 @@ def evaluate_classification(
             xb, yb = X[chunk.to(X.device)].to(device), y[chunk.to(y.device)].to(device)
             with autocast(device, amp):
                 logits = model(xb).float()
-            _check_labels("y", yb, None, logits.shape[-1])
+            v.labels("y", yb, num_classes=logits.shape[-1])
             sums[0] += (logits.argmax(-1) == yb).sum()
             sums[1] += F.cross_entropy(logits, yb, reduction="sum")
             sums[2] += yb.numel()

@@ -4,20 +4,21 @@
 Not the official file and not part of ``crate_lite``: it was written independently to
 reproduce the official module tree (hence its ``state_dict`` keys) and the official
 sequence of operations, op for op, so that
+- ``tests/test_crate.py`` (the oracle) can build a state dict in the reference layout and
+  compare logits with ``crate_lite.models`` and with an independent computation, and
 - ``benchmarks/throughput.py`` can time "the reference implementation" beside
-  ``crate_lite.crate`` in the same process, and
-- ``tests/test_crate.py`` can build a state dict in the reference layout and compare
-  logits with an independent computation.
+  ``crate_lite.models.crate`` in the same process.
 
 Reproduced as the official code does it: a bias-free ``qkv`` Linear used as Q = K = V,
 an explicit Gram matrix times dim_head^-1/2, ``softmax`` over keys, a ``to_out``
 (Linear + Dropout) Sequential, the ISTA feed-forward as three ``F.linear`` products
-(x D^T, then times D, and x D) with the threshold ``step_size * lambd`` subtracted,
+(x D^T, then times D, and x D) with the threshold ``step_size * lam`` subtracted,
 PreNorm wrappers (``.norm`` / ``.fn``), a residual around attention only, patch
 embedding ``Sequential(patchify, LayerNorm, Linear, LayerNorm)``, ``mlp_head =
 Sequential(LayerNorm, Linear)``. The only intended difference: no einops dependency
 (its rearranges are written as reshape/permute).
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,19 +54,19 @@ class PreNorm(nn.Module):
 class FeedForward(nn.Module):
     """The ISTA block as the official code computes it (three linear maps)."""
 
-    def __init__(self, dim: int, step_size: float = 0.1, lambd: float = 0.1) -> None:
+    def __init__(self, dim: int, step_size: float = 0.1, lam: float = 0.1) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(dim, dim))
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.weight)
         self.step_size = step_size
-        self.lambd = lambd
+        self.lam = lam
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dx = F.linear(x, self.weight, bias=None)  # x D^T
         dtdx = F.linear(dx, self.weight.t(), bias=None)  # x D^T D
         dtx = F.linear(x, self.weight.t(), bias=None)  # x D
-        update = self.step_size * (dtx - dtdx) - self.step_size * self.lambd
+        update = self.step_size * (dtx - dtdx) - self.step_size * self.lam
         return F.relu(x + update)
 
 
@@ -94,13 +95,15 @@ class Attention(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, step_size: float = 0.1, lambd: float = 0.1) -> None:
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, step_size: float = 0.1, lam: float = 0.1):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([
-                PreNorm(dim, Attention(dim, heads, dim_head)),
-                PreNorm(dim, FeedForward(dim, step_size, lambd)),
-            ])
+            nn.ModuleList(
+                [
+                    PreNorm(dim, Attention(dim, heads, dim_head)),
+                    PreNorm(dim, FeedForward(dim, step_size, lam)),
+                ]
+            )
             for _ in range(depth)
         )
 
@@ -111,11 +114,24 @@ class Transformer(nn.Module):
 
 
 class ReferenceCRATE(nn.Module):
-    """Same constructor arguments as ``crate_lite.crate.CRATEConfig``'s fields."""
+    """Same constructor arguments as ``crate_lite.models.CRATEConfig``'s fields (``lam`` is
+    the official code's hard-coded ``lambd = 0.1``)."""
 
-    def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int,
-                 heads: int, dim_head: int, channels: int = 3, pool: str = "cls",
-                 step_size: float = 0.1, lambd: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        dim_head: int,
+        channels: int = 3,
+        pool: str = "cls",
+        step_size: float = 0.1,
+        lam: float = 0.1,
+    ) -> None:
         super().__init__()
         num_patches = (image_size // patch_size) ** 2
         patch_dim = channels * patch_size**2
@@ -125,7 +141,7 @@ class ReferenceCRATE(nn.Module):
         self.pos_embedding = nn.Parameter(torch.randn(1, num_patches + 1, dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.dropout = nn.Dropout(0.0)
-        self.transformer = Transformer(dim, depth, heads, dim_head, step_size, lambd)
+        self.transformer = Transformer(dim, depth, heads, dim_head, step_size, lam)
         self.pool = pool
         self.to_latent = nn.Identity()
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))

@@ -1,0 +1,94 @@
+"""The course's neural networks, as one family: shared parts, CRATE, its baselines, and
+checkpoint conversion (chapters 06-07 and the chapters after them).
+
+Why a ``models/`` subpackage beside flat derivation modules: ``pca``, ``coding_rate``,
+``mcr2``, ``sparse`` and ``redunet`` each hold what one chapter derives (functions of
+tensors, read top to bottom next to that chapter), and stay flat. The networks are
+different: every one of them (the CRATE classifier, the ViT baseline, later the
+autoencoder, the language model and the self-supervised backbone) is the same frame,
+``Backbone(embed, layers, pool, head)``, with different parts. Keeping them together
+lets each model file be short and read as a variation on the others: ``parts.py``
+(embeddings, attention masks, pooling, heads, :class:`Intermediates`, the frame),
+``crate.py`` (the CRATE layer and classifier, presets), ``vit.py`` (the baseline: the
+same parts around a different layer), ``official.py`` (the reference implementation's
+checkpoint keys). Models import the derivation modules (``crate.py`` uses
+``sparse.ista_step``), never the reverse.
+
+    from crate_lite.models import crate as C          # C.CRATE, C.preset, ... (chapters 06-07)
+    from crate_lite.models import CRATE, ViT, preset
+"""
+
+from .crate import (
+    CRATE,
+    MSSA,
+    PRESET_PARAMS,
+    PRESETS,
+    SDPA_MIN_TOKENS,
+    CRATEConfig,
+    CRATELayer,
+    ISTABlock,
+    crate_base,
+    crate_cifar,
+    crate_large,
+    crate_mnist,
+    crate_small,
+    crate_tiny,
+    ista_matrix,
+    layer_param_count,
+    preset,
+    vit_layer_param_count,
+)
+from .official import load_official_state_dict, official_keys, to_official_state_dict
+from .parts import (
+    Backbone,
+    ClassifierHead,
+    ImageEmbedding,
+    Intermediates,
+    PatchEmbedding,
+    Pool,
+    TokenEmbedding,
+    causal_mask,
+    check_mask,
+    image_classifier_parts,
+    padding_mask,
+    patchify,
+)
+from .vit import ViT, ViTLayer
+
+__all__ = [
+    "Backbone",
+    "CRATE",
+    "CRATEConfig",
+    "CRATELayer",
+    "ClassifierHead",
+    "ISTABlock",
+    "ImageEmbedding",
+    "Intermediates",
+    "MSSA",
+    "PRESETS",
+    "PRESET_PARAMS",
+    "PatchEmbedding",
+    "Pool",
+    "SDPA_MIN_TOKENS",
+    "TokenEmbedding",
+    "ViT",
+    "ViTLayer",
+    "causal_mask",
+    "check_mask",
+    "crate_base",
+    "crate_cifar",
+    "crate_large",
+    "crate_mnist",
+    "crate_small",
+    "crate_tiny",
+    "image_classifier_parts",
+    "ista_matrix",
+    "layer_param_count",
+    "load_official_state_dict",
+    "official_keys",
+    "padding_mask",
+    "patchify",
+    "preset",
+    "to_official_state_dict",
+    "vit_layer_param_count",
+]

@@ -1,0 +1,397 @@
+"""The CRATE white-box transformer: MSSA, the ISTA block, the layer, the classifier
+(chapters 06 and 07). nanoGPT style: a :class:`CRATEConfig` dataclass, three modules that
+make one layer, the classifier composed from shared parts (:mod:`.parts`), presets.
+
+Math uses columns as samples (Z in R^{d x N}); the code uses rows: token states have
+shape (B, N, d). One CRATE layer (chapter 06, eqs. 6.9-6.11, in row layout) is
+
+    Z_half = Z + MSSA(LN1(Z))                                           (6.9)
+    MSSA(Y) = [SSA_1 ... SSA_K] W_out^T + b_out,
+    SSA_k   = softmax(Y U_k (Y U_k)^T / sqrt(p) + M) (Y U_k)           (6.8)
+    Z_next  = ReLU(X + eta (X D - X D^T D) - eta lambda),  X = LN2(Z_half)   (6.10)
+
+with U_k in R^{d x p} (the rows k*p..(k+1)*p of the ``qkv`` weight, transposed), D the
+d x d dictionary stored as a ``torch.nn.functional.linear`` weight, and M an optional
+attention mask (0 where token i may attend to token j, -inf elsewhere; none for images,
+causal for language models). There is no residual around the ISTA block: the proximal
+step is warm-started at its own input.
+
+Every module has two code paths with the same outputs (to float32 rounding):
+- the *literal* path follows the equations term by term (a loop over the K subspaces,
+  the LASSO residual X - X D^T, then the gradient step), for reading next to chapter 06;
+- the *fast* path (default) fuses them: all heads at once with Q = K = V (an explicit
+  softmax for short sequences, ``scaled_dot_product_attention`` from
+  :data:`SDPA_MIN_TOKENS` tokens on) and the whole ISTA update as one product
+  X M - eta lambda with M = I + eta (D - D^T D), a d x d matrix formed once per call
+  (eq. 6.11). ``benchmarks/throughput.py`` measures the difference.
+
+One :class:`CRATELayer` serves the classifier here and, later, the autoencoder's encoder,
+the language model and the self-supervised backbone. ``CRATE.forward(img,
+return_intermediates=True)`` also returns every layer's token states and attention
+matrices (:class:`~crate_lite.models.parts.Intermediates`), so diagnostics need no hooks.
+Parameter layout and initialisation follow the reference implementation
+(Ma-Lab-Berkeley/CRATE ``model/crate.py``; docs/design.md says where it differs from the
+papers); :mod:`crate_lite.models.official` converts its checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _validate as v
+from .. import sparse
+from .parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts, patchify
+
+__all__ = [
+    "CRATEConfig",
+    "MSSA",
+    "ISTABlock",
+    "CRATELayer",
+    "CRATE",
+    "Intermediates",
+    "patchify",
+    "ista_matrix",
+    "layer_param_count",
+    "vit_layer_param_count",
+    "SDPA_MIN_TOKENS",
+    "PRESETS",
+    "PRESET_PARAMS",
+    "preset",
+    "crate_tiny",
+    "crate_small",
+    "crate_base",
+    "crate_large",
+    "crate_mnist",
+    "crate_cifar",
+]
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class CRATEConfig:
+    """Every size of a CRATE image classifier (chapter 07).
+
+    ``dim`` is d, ``heads`` is K, ``dim_head`` is p (K p is usually d), ``depth`` is L.
+    ``step_size`` is eta and ``lam`` is lambda of the ISTA block (eq. 6.10); the
+    reference code hard-codes lambda = 0.1. ``fast`` picks the fused code path.
+    """
+
+    image_size: int = 32
+    patch_size: int = 4
+    channels: int = 3
+    num_classes: int = 10
+    dim: int = 384
+    depth: int = 12
+    heads: int = 6
+    dim_head: int = 64
+    pool: str = "cls"
+    step_size: float = 0.1
+    lam: float = 0.1
+    fast: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "heads", "dim_head"):
+            v.integer(name, getattr(self, name), minimum=1)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"patch_size: expected a divisor of image_size={self.image_size}, got {self.patch_size}")
+        v.choice("pool", self.pool, ("cls", "mean"))
+        self.step_size = v.positive("step_size", self.step_size)
+        self.lam = v.positive("lam", self.lam, allow_zero=True)
+        v.flag("fast", self.fast)
+
+    @property
+    def num_patches(self) -> int:
+        """N - 1: patches per image (the cls token makes N)."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one flattened patch, channels * patch_size^2."""
+        return self.channels * self.patch_size**2
+
+    @property
+    def inner_dim(self) -> int:
+        """K p: width of the concatenated subspace coordinates."""
+        return self.heads * self.dim_head
+
+    def to_dict(self) -> dict[str, object]:
+        """A plain dict (for checkpoints and logs)."""
+        return asdict(self)
+
+
+def layer_param_count(dim: int) -> int:
+    """Parameters of one CRATE layer with K p = d: 3 d^2 + 5 d (chapter 06, eq. 6.12).
+
+    U (d^2, no bias) + output projection (d^2 + d) + dictionary D (d^2) + two LayerNorms (4 d).
+    """
+    d = v.integer("dim", dim, minimum=1)
+    return 3 * d * d + 5 * d
+
+
+def vit_layer_param_count(dim: int, mlp_ratio: int = 4) -> int:
+    """Parameters of one ViT layer with a ``mlp_ratio`` x MLP: 12 d^2 + 13 d for ratio 4
+    (chapter 06, eq. 6.13): QKV with bias (3 d^2 + 3 d), output (d^2 + d),
+    MLP (2 r d^2 + r d + d), two LayerNorms (4 d)."""
+    d = v.integer("dim", dim, minimum=1)
+    r = v.integer("mlp_ratio", mlp_ratio, minimum=1)
+    return (4 + 2 * r) * d * d + (9 + r) * d
+
+
+def ista_matrix(D: torch.Tensor, step_size: float) -> torch.Tensor:
+    """M = I + eta (D - D^T D), so that one ISTA step is ReLU(X M - eta lambda)
+    (chapter 06, eq. 6.11). ``D`` (d, d) is the dictionary as an ``F.linear`` weight."""
+    d = D.shape[-1]
+    eye = torch.eye(d, dtype=D.dtype, device=D.device)
+    return torch.addmm(D, D.mT, D, alpha=-1.0).mul(step_size).add_(eye)  # (d, d)
+
+
+SDPA_MIN_TOKENS = 32
+"""The fast path uses ``scaled_dot_product_attention`` from this many tokens on; below it,
+an explicit softmax(W W^T / sqrt(p)) W. Measured on a 2-core CPU, 2 threads, forward +
+backward of the attention alone: at N = 17 (config B) the explicit form took 5.4 ms against
+10.9 ms; at N = 65 (config A) 45 ms against 35 ms."""
+
+
+# --------------------------------------------------------------------------- modules
+class MSSA(nn.Module):
+    """Multi-head subspace self-attention (chapter 06, eq. 6.8), input already normalised.
+
+    ``qkv.weight`` (K p, d) stacks U_1^T ... U_K^T: one bias-free projection serves as
+    query, key and value. ``to_out`` is the reference code's untied output projection
+    with bias (absent, as there, when K = 1 and p = d). An optional boolean ``mask``
+    (True = may attend; (N, N) or broadcastable to (B, K, N, N), see
+    :func:`~crate_lite.models.parts.check_mask`) sets the excluded logits to -inf before
+    the softmax, on both code paths.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.dim = v.integer("dim", dim, minimum=1)
+        self.heads = v.integer("heads", heads, minimum=1)
+        self.dim_head = v.integer("dim_head", dim_head, minimum=1)
+        self.scale = dim_head**-0.5
+        inner = heads * dim_head
+        self.qkv = nn.Linear(dim, inner, bias=False)
+        self.to_out: nn.Linear | None = None if (heads == 1 and dim_head == dim) else nn.Linear(inner, dim)
+
+    def subspaces(self) -> torch.Tensor:
+        """The bases U_k stacked as (K, d, p) (what ``subspace_coding_rate`` takes)."""
+        return self.qkv.weight.reshape(self.heads, self.dim_head, self.dim).mT  # (K, p, d) -> (K, d, p)
+
+    def _project_out(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.to_out is None else self.to_out(y)
+
+    def forward_literal(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. (6.8) term by term, one subspace at a time, for tokens ``y`` (B, N, d) and a
+        checked 4-d ``mask`` or None. Returns (output (B, N, d), attention (B, K, N, N))."""
+        U = self.subspaces()  # (K, d, p)
+        heads, attns = [], []
+        for k in range(self.heads):
+            w = y @ U[k]  # (B, N, p): coordinates of every token in subspace k
+            gram = w @ w.mT * self.scale  # (B, N, N): <U_k^T z_i, U_k^T z_j> / sqrt(p)
+            if mask is not None:  # mask (b, K or 1, N or 1, N) -> head k's (b, N or 1, N)
+                gram = gram.masked_fill(~mask[:, k if mask.shape[1] > 1 else 0], float("-inf"))
+            a = torch.softmax(gram, dim=-1)  # (B, N, N): softmax over keys j
+            heads.append(a @ w)  # (B, N, p): SSA(Z | U_k)
+            attns.append(a)
+        out = torch.cat(heads, dim=-1)  # (B, N, K p)
+        return self._project_out(out), torch.stack(attns, dim=1)  # (B, N, d), (B, K, N, N)
+
+    def forward_fast(
+        self, y: torch.Tensor, mask: torch.Tensor | None = None, need_attn: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All heads at once with Q = K = V: ``scaled_dot_product_attention`` (with
+        ``attn_mask``) from :data:`SDPA_MIN_TOKENS` tokens on, else (or when the attention
+        matrix is wanted) an explicit masked softmax. Same output as :meth:`forward_literal`."""
+        B, N, _ = y.shape
+        K, p = self.heads, self.dim_head
+        # one copy into (B K, N, p) so that every batched product below reads it in place
+        w = self.qkv(y).view(B, N, K, p).transpose(1, 2).reshape(B * K, N, p)  # (B, N, K p) -> (B K, N, p)
+        a = None
+        if need_attn or N < SDPA_MIN_TOKENS:  # short sequences: two matmuls beat the fused kernel
+            gram = torch.bmm(w, w.mT).mul_(self.scale)  # (B K, N, N)
+            if mask is not None:  # mask broadcasts over the (B, K, N, N) view of gram
+                gram.view(B, K, N, N).masked_fill_(~mask, float("-inf"))
+            attn = torch.softmax(gram, dim=-1)  # (B K, N, N)
+            o = torch.bmm(attn, w)  # (B K, N, p)
+            a = attn.view(B, K, N, N) if need_attn else None
+        elif mask is None:
+            o = F.scaled_dot_product_attention(w, w, w, scale=self.scale)  # (B K, N, p)
+        else:
+            w4 = w.view(B, K, N, p)  # heads as a dimension, so that mask broadcasts
+            o = F.scaled_dot_product_attention(w4, w4, w4, attn_mask=mask, scale=self.scale).view(B * K, N, p)
+        o = o.view(B, K, N, p).transpose(1, 2).reshape(B, N, K * p)  # (B K, N, p) -> (B, N, K p)
+        return self._project_out(o), a
+
+    def attend(
+        self, y: torch.Tensor, mask: torch.Tensor | None, fast: bool, need_attn: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output (B, N, d), attention (B, K, N, N) if ``need_attn`` else possibly None)
+        on the chosen path; ``y`` and ``mask`` already checked."""
+        return self.forward_fast(y, mask, need_attn) if fast else self.forward_literal(y, mask)
+
+    def forward(self, y: torch.Tensor, *, mask: torch.Tensor | None = None, fast: bool = True) -> torch.Tensor:
+        """MSSA(y) for normalised tokens ``y`` (B, N, d) -> (B, N, d)."""
+        y = v.tokens("y", y, self.dim)
+        mask = check_mask(mask, y.shape[0], self.heads, y.shape[1])
+        return self.attend(y, mask, fast, need_attn=False)[0]
+
+
+class ISTABlock(nn.Module):
+    """One proximal-gradient (ISTA) step of non-negative LASSO against a complete
+    dictionary D (d x d), warm-started at its input (chapter 06, eq. 6.10):
+
+        min_{Z >= 0} lambda ||Z||_1 + 1/2 ||X - Z D^T||_F^2   (rows are tokens)
+        Z_next = ReLU(X + eta (X - X D^T) D - eta lambda)
+
+    ``weight`` is D in ``F.linear`` convention (``F.linear(z, D)`` = z D^T = the
+    reconstruction of code z), initialised as in the reference code (Kaiming uniform).
+    ``step_size`` is eta, ``lam`` is lambda. Acts on each token on its own (no mask).
+    """
+
+    def __init__(self, dim: int, step_size: float = 0.1, lam: float = 0.1) -> None:
+        super().__init__()
+        self.dim = v.integer("dim", dim, minimum=1)
+        self.step_size = v.positive("step_size", step_size)
+        self.lam = v.positive("lam", lam, allow_zero=True)
+        self.weight = nn.Parameter(torch.empty(dim, dim))
+        nn.init.kaiming_uniform_(self.weight)
+
+    def forward_literal(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. (6.10): one non-negative ISTA step of chapter 04 (``sparse.ista_step``,
+        eq. 4.6) with Z = X (warm start), A = D, step eta, threshold lambda."""
+        return sparse.ista_step(x, x, self.weight, self.lam, self.step_size, nonneg=True, validate=False)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. (6.11): ReLU(X M - eta lambda) with M = I + eta (D - D^T D)."""
+        M = ista_matrix(self.weight, self.step_size)  # (d, d)
+        shift = torch.full((1,), -self.step_size * self.lam, dtype=x.dtype, device=x.device)
+        out = torch.addmm(shift, x.reshape(-1, self.dim), M)  # (B, N, d) -> (B*N, d)
+        return out.relu_().view_as(x)  # (B*N, d) -> (B, N, d); in place: addmm's backward does not need out
+
+    def forward(self, x: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
+        """One ISTA step from ``x`` (B, N, d) -> (B, N, d), entries >= 0."""
+        x = v.tokens("x", x, self.dim)
+        return self.forward_fast(x) if fast else self.forward_literal(x)
+
+
+class CRATELayer(nn.Module):
+    """One CRATE layer (chapter 06, eqs. 6.9-6.10): compress with MSSA, then sparsify.
+
+    Z_half = Z + MSSA(LN1(Z));  Z_next = ISTA(LN2(Z_half)).
+
+    The one layer class of every CRATE model: the classifier, the autoencoder's encoder,
+    the language model (with a causal ``mask``) and the self-supervised backbone.
+    """
+
+    def __init__(self, cfg: CRATEConfig) -> None:
+        super().__init__()
+        self.dim = cfg.dim
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.mssa = MSSA(cfg.dim, cfg.heads, cfg.dim_head)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.ista = ISTABlock(cfg.dim, cfg.step_size, cfg.lam)
+
+    def forward(
+        self, z: torch.Tensor, *, mask: Mask = None, fast: bool = True, record: Intermediates | None = None
+    ) -> torch.Tensor:
+        """Tokens ``z`` (B, N, d) -> (B, N, d). ``mask``: optional boolean attention mask
+        (True = may attend), (N, N) or broadcastable to (B, K, N, N). When ``record`` is an
+        :class:`Intermediates`, appends this layer's ``inputs``, ``mssa_inputs`` (LN1 z),
+        ``attentions`` (B, K, N, N), ``z_half``, ``ista_inputs`` (LN2 z_half), ``outputs``."""
+        z = v.tokens("z", z, self.dim)
+        mask = check_mask(mask, z.shape[0], self.mssa.heads, z.shape[1])
+        y = self.norm1(z)  # (B, N, d)
+        m, attn = self.mssa.attend(y, mask, fast, need_attn=record is not None)
+        z_half = z + m  # (6.9)
+        x = self.norm2(z_half)  # (B, N, d)
+        out = self.ista.forward_fast(x) if fast else self.ista.forward_literal(x)  # (6.10)
+        if record is not None:
+            record.append(inputs=z, mssa_inputs=y, attentions=attn, z_half=z_half, ista_inputs=x, outputs=out)
+        return out
+
+
+class CRATE(Backbone):
+    """The CRATE image classifier (chapter 07), composed from shared parts:
+    :class:`~crate_lite.models.parts.ImageEmbedding` (patchify -> LN -> Linear -> LN, a cls
+    token, learned positions), ``config.depth`` :class:`CRATELayer` layers,
+    :class:`~crate_lite.models.parts.Pool` (cls token or mean),
+    :class:`~crate_lite.models.parts.ClassifierHead` (LN + Linear).
+
+    ``forward(img, *, mask=None, fast=None, return_intermediates=False)``: logits
+    (B, num_classes) for images (B, C, H, W); ``fast`` overrides ``config.fast``.
+
+    >>> model = CRATE(preset("mnist"))                  # doctest: +SKIP
+    >>> logits = model(torch.randn(8, 1, 28, 28))       # (8, 10)
+    """
+
+    def __init__(self, config: CRATEConfig) -> None:
+        if not isinstance(config, CRATEConfig):
+            raise TypeError(f"config: expected a CRATEConfig, got {type(config).__name__}")
+        super().__init__(**image_classifier_parts(config, lambda: CRATELayer(config)), fast=config.fast)
+        self.config = config
+
+
+# --------------------------------------------------------------------------- presets
+_IMAGENET = dict(image_size=224, patch_size=16, channels=3, num_classes=1000)
+PRESETS: dict[str, dict[str, object]] = {
+    # ImageNet presets of the paper, 224 px, patch 16 (docs/design.md)
+    "tiny": dict(**_IMAGENET, dim=384, depth=12, heads=6, dim_head=64),
+    "small": dict(**_IMAGENET, dim=576, depth=12, heads=12, dim_head=48),
+    "base": dict(**_IMAGENET, dim=768, depth=12, heads=12, dim_head=64),
+    "large": dict(**_IMAGENET, dim=1024, depth=24, heads=16, dim_head=64),
+    # small CPU configs
+    "cifar": dict(image_size=32, patch_size=4, channels=3, num_classes=10, dim=384, depth=12, heads=6, dim_head=64),
+    "mnist": dict(image_size=28, patch_size=7, channels=1, num_classes=10, dim=128, depth=4, heads=4, dim_head=32),
+    "smoke": dict(image_size=28, patch_size=7, channels=1, num_classes=10, dim=32, depth=2, heads=2, dim_head=16),
+}
+"""Named configurations. ``tiny``/``small``/``base``/``large``: the paper's ImageNet
+models; ``cifar``: benchmark config A (CRATE-T width at 32 px); ``mnist``: benchmark
+config B; ``smoke``: a seconds-scale model for CI."""
+
+# parameter counts with 1000 classes, from the paper's released models (docs/design.md)
+PRESET_PARAMS = {"tiny": 6_090_856, "small": 13_116_328, "base": 22_796_008, "large": 77_641_192}
+
+
+def preset(name: str, **overrides: object) -> CRATEConfig:
+    """The :class:`CRATEConfig` of preset ``name`` with ``overrides`` applied,
+    e.g. ``preset("tiny", num_classes=10, image_size=32, patch_size=4)``."""
+    v.choice("name", name, tuple(PRESETS))
+    unknown = set(overrides) - set(CRATEConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"overrides: unknown CRATEConfig fields {sorted(unknown)}")
+    return CRATEConfig(**{**PRESETS[name], **overrides})
+
+
+def crate_tiny(**overrides: object) -> CRATE:
+    """CRATE-T (d 384, 6 heads of 64, 12 layers, 224 px): 6,090,856 params with 1000 classes."""
+    return CRATE(preset("tiny", **overrides))
+
+
+def crate_small(**overrides: object) -> CRATE:
+    """CRATE-S (d 576, 12 heads of 48, 12 layers, 224 px): 13,116,328 params with 1000 classes."""
+    return CRATE(preset("small", **overrides))
+
+
+def crate_base(**overrides: object) -> CRATE:
+    """CRATE-B (d 768, 12 heads of 64, 12 layers, 224 px): 22,796,008 params with 1000 classes."""
+    return CRATE(preset("base", **overrides))
+
+
+def crate_large(**overrides: object) -> CRATE:
+    """CRATE-L (d 1024, 16 heads of 64, 24 layers, 224 px): 77,641,192 params with 1000 classes."""
+    return CRATE(preset("large", **overrides))
+
+
+def crate_mnist(**overrides: object) -> CRATE:
+    """28 px, patch 7, 1 channel, d 128, 4 layers, 4 heads of 32 (benchmark config B)."""
+    return CRATE(preset("mnist", **overrides))
+
+
+def crate_cifar(**overrides: object) -> CRATE:
+    """32 px, patch 4, 3 channels, d 384, 12 layers, 6 heads of 64 (benchmark config A)."""
+    return CRATE(preset("cifar", **overrides))

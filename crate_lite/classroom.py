@@ -17,6 +17,7 @@ Command line::
 default ``build/student``); ``grade`` runs that notebook, then the chapter's hidden tests,
 and prints a score per exercise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -113,14 +114,25 @@ def grade(student_path: Path, source: Path, *, timeout: int = 600) -> dict:
     tests = hidden_tests(jupytext.read(source))
     for _, points, src in tests:
         nb.cells.append(nbformat.v4.new_code_cell(src, metadata={"hidden_test_points": points}))
-    client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
-                            resources={"metadata": {"path": str(Path(student_path).parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        allow_errors=True,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(Path(student_path).parent)}},
+    )
     client.execute()
     results = []
-    for cell, (label, points, _) in zip(nb.cells[-len(tests):] if tests else [], tests):
+    for cell, (label, points, _) in zip(nb.cells[-len(tests) :] if tests else [], tests):
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        results.append({"exercise": label, "points": points, "passed": not errors,
-                        "error": f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else ""})
+        results.append(
+            {
+                "exercise": label,
+                "points": points,
+                "passed": not errors,
+                "error": f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "",
+            }
+        )
     score = sum(r["points"] for r in results if r["passed"])
     return {"score": score, "total": sum(r["points"] for r in results), "tests": results}
 
@@ -128,13 +140,15 @@ def grade(student_path: Path, source: Path, *, timeout: int = 600) -> dict:
 def run_until_first_error(path: Path, *, timeout: int = 600) -> tuple[int, str | None]:
     """Execute a notebook; return (index of the first failing cell or -1, its error name)."""
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(Path(path).parent)}})
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}}
+    )
     try:
         client.execute()
     except CellExecutionError as err:
-        failing = next(i for i, c in enumerate(nb.cells) if any(
-            o.get("output_type") == "error" for o in c.get("outputs", [])))
+        failing = next(
+            i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+        )
         return failing, err.ename
     return -1, None
 

@@ -4,6 +4,7 @@ The slow tests execute each chapter's student version under the smoke profile: i
 up to its first NotImplementedError and fail nothing else. (The instructor versions, with
 every self-check and hidden test, run under nbval in ``make test``.)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from crate_lite import classroom
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
 
-SOURCE = '''# %% [markdown]
+SOURCE = """# %% [markdown]
 # ### Exercise 3.2 (implement)
 
 # %%
@@ -35,7 +36,7 @@ assert f(2) == 3
 
 # %% [markdown] tags=["solution"]
 # The answer is 42.
-'''
+"""
 
 
 def _nb(tmp_path: Path, text: str = SOURCE):
@@ -45,11 +46,15 @@ def _nb(tmp_path: Path, text: str = SOURCE):
 
 
 def test_strip_solutions_keeps_indentation_and_labels():
-    out = classroom.strip_solutions("def f():\n    a = 1\n    # BEGIN SOLUTION\n    return a\n    # END SOLUTION\n", "Exercise 1.2")
+    out = classroom.strip_solutions(
+        "def f():\n    a = 1\n    # BEGIN SOLUTION\n    return a\n    # END SOLUTION\n", "Exercise 1.2"
+    )
     assert out == 'def f():\n    a = 1\n    raise NotImplementedError("Exercise 1.2: your code here")'
 
 
-@pytest.mark.parametrize("src", ["# BEGIN SOLUTION\nx", "# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION"])
+@pytest.mark.parametrize(
+    "src", ["# BEGIN SOLUTION\nx", "# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION"]
+)
 def test_unbalanced_markers_are_errors(src):
     with pytest.raises(ValueError, match="SOLUTION"):
         classroom.strip_solutions(src, "Exercise 1.1")

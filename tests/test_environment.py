@@ -1,4 +1,5 @@
 """environment.yml and pyproject.toml must list the same dependencies (names and ranges)."""
+
 from __future__ import annotations
 
 import re
@@ -10,7 +11,7 @@ CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> PyPI name
 
 def _split(spec: str) -> tuple[str, str]:
     name = re.split(r"[<>=!~ ;\[]", spec, maxsplit=1)[0]
-    return name.lower(), spec[len(name):].strip()
+    return name.lower(), spec[len(name) :].strip()
 
 
 def _pyproject() -> dict[str, str]:
@@ -31,7 +32,9 @@ def _environment() -> dict[str, str]:
 
 def test_same_dependencies():
     py, env = _pyproject(), _environment()
-    assert set(py) == set(env), f"only in pyproject: {set(py) - set(env)}; only in environment.yml: {set(env) - set(py)}"
+    assert set(py) == set(env), (
+        f"only in pyproject: {set(py) - set(env)}; only in environment.yml: {set(env) - set(py)}"
+    )
     for name in py:
         assert py[name] == env[name], f"{name}: pyproject '{py[name]}' vs environment.yml '{env[name]}'"
 

@@ -19,11 +19,12 @@ CRATE_BUILD ?= $(CURDIR)/build
 COURSE_OUT ?= $(CRATE_BUILD)/course
 export CRATE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 
-.PHONY: setup lab test test-unit test-notebooks nb notebooks course student results clean help
+.PHONY: setup lab lint test test-unit test-notebooks nb notebooks course student results clean help
 
 help:
 	@echo "make lab      set up (first time) and open JupyterLab on chapters/"
-	@echo "make test     set up (first time), run unit tests and every chapter (smoke profile)"
+	@echo "make test     set up (first time), lint, run unit tests and every chapter (smoke profile)"
+	@echo "make lint     ruff format --check and ruff check over code, tests and chapters"
 	@echo "make course   run every chapter (default profile) into build/, with HTML"
 	@echo "make student  write student versions into build/student/"
 	@echo "make nb CH=02_coding_rate   run one chapter under nbval (smoke profile; PROFILE=cpu for cpu)"
@@ -52,7 +53,13 @@ chapters/%.ipynb: chapters/%.py $(STAMP)
 
 notebooks: $(NOTEBOOKS)
 
-test: test-unit test-notebooks
+test: lint test-unit test-notebooks
+
+# ruff: formatting and a small rule set (pyproject.toml [tool.ruff]) over everything we write
+LINT_PATHS := crate_lite tests scripts benchmarks chapters docs conftest.py
+lint: $(STAMP)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q

@@ -54,6 +54,25 @@ def cmp(
     return max_diff
 
 
+def must_fail(what: str, check: Callable[[], object]) -> str:
+    """Run ``check`` on a deliberately wrong variant of a derived object (a missing factor 2,
+    a transpose, a sign, a series started one term late): it must raise ``AssertionError``.
+
+    Prints one line naming the variant and returns the check's message; raises
+    ``AssertionError`` when the check passes, since a check that accepts a wrong variant
+    cannot tell the right answer from it.
+
+    >>> must_fail("factor 2 missing", lambda: cmp("grad", 0.5 * g, g, quiet=True))  # doctest: +SKIP
+    """
+    try:
+        check()
+    except AssertionError as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"wrong variant '{what}' fails, as it must: {message[:100]}")
+        return message
+    raise AssertionError(f"the check accepted the wrong variant '{what}': it cannot tell it from the right one")
+
+
 def check_shape(name: str, x: torch.Tensor | np.ndarray, expected: Sequence[int | None]) -> None:
     """Assert that ``x`` has shape ``expected`` (``None`` matches any size)."""
     got = tuple(x.shape)

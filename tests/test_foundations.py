@@ -24,6 +24,14 @@ def test_cmp_fails_with_difference_and_tolerance():
         checks.cmp("y", torch.tensor([1.001]), torch.tensor([1.0]), rtol=1e-6, atol=0)
 
 
+def test_must_fail_accepts_a_caught_variant_and_refuses_an_accepted_one(capsys):
+    g = torch.tensor([2.0, -4.0])
+    msg = checks.must_fail("factor 2 missing", lambda: checks.cmp("grad", 0.5 * g, g, quiet=True))
+    assert "FAILED" in msg and "factor 2 missing" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="accepted the wrong variant 'same'"):
+        checks.must_fail("same", lambda: checks.cmp("grad", g, g, quiet=True))
+
+
 def test_cmp_rejects_shape_mismatch_and_nan():
     with pytest.raises(AssertionError, match="shape"):
         checks.cmp("s", torch.ones(3), torch.ones(1, 3))

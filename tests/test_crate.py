@@ -89,7 +89,7 @@ def test_literal_and_fast_paths_agree(pool, image_size):
 
 def test_literal_and_fast_agree_on_mnist_preset():
     torch.manual_seed(1)
-    model = C.crate_mnist()
+    model = C.CRATE(C.preset("mnist"))
     img = _img(model.config, B=4)
     torch.testing.assert_close(model(img, fast=True), model(img, fast=False), rtol=0, atol=1e-5)
 
@@ -282,7 +282,7 @@ def test_single_head_full_width_has_no_output_projection():
 
 def test_heads_inferred_for_paper_sizes_and_required_otherwise():
     torch.manual_seed(0)
-    sd = C.to_official_state_dict(C.crate_cifar())  # CRATE-T width and depth at 32 px
+    sd = C.to_official_state_dict(C.CRATE(C.preset("cifar")))  # CRATE-T width and depth at 32 px
     assert C.load_official_state_dict(sd).config == C.preset("cifar")
     # (dim, depth) of a course preset but another head count: never guessed
     for kw in (dict(C.PRESETS["smoke"], heads=4, dim_head=8), dict(C.PRESETS["mnist"], heads=8, dim_head=16), SMALL):

@@ -61,12 +61,6 @@ __all__ = [
     "PRESETS",
     "PRESET_PARAMS",
     "preset",
-    "crate_tiny",
-    "crate_small",
-    "crate_base",
-    "crate_large",
-    "crate_mnist",
-    "crate_cifar",
 ]
 
 
@@ -365,33 +359,3 @@ def preset(name: str, **overrides: object) -> CRATEConfig:
     if unknown:
         raise TypeError(f"overrides: unknown CRATEConfig fields {sorted(unknown)}")
     return CRATEConfig(**{**PRESETS[name], **overrides})
-
-
-def crate_tiny(**overrides: object) -> CRATE:
-    """CRATE-T (d 384, 6 heads of 64, 12 layers, 224 px): 6,090,856 params with 1000 classes."""
-    return CRATE(preset("tiny", **overrides))
-
-
-def crate_small(**overrides: object) -> CRATE:
-    """CRATE-S (d 576, 12 heads of 48, 12 layers, 224 px): 13,116,328 params with 1000 classes."""
-    return CRATE(preset("small", **overrides))
-
-
-def crate_base(**overrides: object) -> CRATE:
-    """CRATE-B (d 768, 12 heads of 64, 12 layers, 224 px): 22,796,008 params with 1000 classes."""
-    return CRATE(preset("base", **overrides))
-
-
-def crate_large(**overrides: object) -> CRATE:
-    """CRATE-L (d 1024, 16 heads of 64, 24 layers, 224 px): 77,641,192 params with 1000 classes."""
-    return CRATE(preset("large", **overrides))
-
-
-def crate_mnist(**overrides: object) -> CRATE:
-    """28 px, patch 7, 1 channel, d 128, 4 layers, 4 heads of 32 (benchmark config B)."""
-    return CRATE(preset("mnist", **overrides))
-
-
-def crate_cifar(**overrides: object) -> CRATE:
-    """32 px, patch 4, 3 channels, d 384, 12 layers, 6 heads of 64 (benchmark config A)."""
-    return CRATE(preset("cifar", **overrides))

@@ -26,15 +26,14 @@
 # **Prerequisites:** chapters 01 (nearest subspace), 02 (coding rate and its gradient),
 # 03 (rate reduction, its orthogonal optimum).
 #
-# **Expected run time** (2-core CPU shared with other jobs, measured):
+# **Expected run time** on a 2-core CPU (measured 2026-11-29): smoke 17 s, cpu 25 s (budget: smoke 90 s, cpu 90 s).
 #
-# | profile | sphere layers | random-centre runs (2000 layers) | digits layers | time |
-# |---|---|---|---|---|
-# | smoke | 500 | 1 | 30 | 22 s at load ~3 |
-# | cpu | 2000 | 3 | 100 | 33 s at load ~3 |
+# **Sizes per profile** (a 2000-layer sphere construction takes about 2 s of CPU time):
 #
-# (wall time of the whole notebook on a 2-core machine running other jobs, load average
-# as stated; a 2000-layer sphere construction takes ~2 s of CPU time.)
+# | profile | sphere layers | random-centre runs (2000 layers) | digits layers |
+# |---|---|---|---|
+# | smoke | 500 | 1 | 30 |
+# | cpu | 2000 | 3 | 100 |
 
 # %%
 import math
@@ -57,6 +56,18 @@ rec = Recorder("05_redunet")
 DT = torch.float64  # toys in float64: near the optimum Delta R rises by < 1e-7 per layer,
 # below float32 rounding (a float32 run of section 5.7 reached the optimum but showed dips of 6e-7)
 print("crate_lite", crate_lite.__version__, "| profile", profiles.current())
+
+
+# %%
+def must_fail(what: str, check) -> None:
+    """Run ``check`` on a deliberately wrong variant of a derived object: it must raise."""
+    try:
+        check()
+    except AssertionError as err:
+        print(f"wrong variant '{what}' fails, as it must: {str(err).splitlines()[0][:100]}")
+        return
+    raise RuntimeError(f"the check did not catch the wrong variant '{what}'")
+
 
 # %% [markdown]
 # ## 5.1 The gradient of $R$ is a linear operator: $E$
@@ -90,6 +101,8 @@ y = torch.arange(4).repeat_interleave(10)
 Zg = Z.clone().requires_grad_(True)
 (grad_R,) = torch.autograd.grad(coding_rate(Zg, eps), Zg)  # (N, d), autograd of chapter 02's R
 checks.cmp("(5.1): Z E vs autograd dR/dZ", Z @ expansion_operator(Z, eps), grad_R, rtol=1e-10)
+must_fail("E without its factor alpha", lambda: checks.cmp(
+    "(5.1) without alpha", Z @ (expansion_operator(Z, eps) / (Z.shape[1] / (Z.shape[0] * eps**2))), grad_R, rtol=1e-10))
 
 # %% [markdown]
 # ## 5.2 The gradient of $R^c$: one operator $C_k$ per class
@@ -122,6 +135,10 @@ C, gamma = compression_operators(Z, y, eps)
 grad_Rc_ops = gamma[y, None] * torch.einsum("nd,nde->ne", Z, C[y])  # (N, d): gamma_k z_i C_k
 (grad_Rc,) = torch.autograd.grad(class_coding_rate(Zg, y, eps), Zg)
 checks.cmp("(5.2): gamma_k z C_k vs autograd dR^c/dZ", grad_Rc_ops, grad_Rc, rtol=1e-10)
+ak_bad = Z.shape[1] / (Z.shape[1] * eps**2)  # alpha_k with d where N_k belongs (see section 5.5)
+C_bad = ak_bad * torch.linalg.inv(torch.eye(5, dtype=DT) + ak_bad * torch.einsum("nd,ne,nk->kde", Z, Z, torch.nn.functional.one_hot(y).to(DT)))
+must_fail("C_k with d in place of N_k", lambda: checks.cmp(
+    "(5.2) with alpha_k = 1/eps^2", gamma[y, None] * torch.einsum("nd,nde->ne", Z, C_bad[y]), grad_Rc, rtol=1e-10))
 checks.cmp("(5.1)-(5.2) vs chapter 03's grad Delta R", Z @ expansion_operator(Z, eps) - grad_Rc_ops,
            mcr2.rate_reduction_grad(Z, y, eps), rtol=1e-10)
 
@@ -166,6 +183,9 @@ ak = d / (len(Zk) * eps**2)
 ridge_k = Ridge(alpha=1 / ak, fit_intercept=False).fit(Zk.T.numpy(), z_new.numpy())
 checks.cmp("(5.3): C_k z vs alpha_k * class ridge residual", z_new @ C_pkg[k],
            ak * (z_new - Zk.T @ torch.from_numpy(ridge_k.coef_)), rtol=1e-8)
+ridge_bad = Ridge(alpha=alpha, fit_intercept=False).fit(Z.T.numpy(), z_new.numpy())  # penalty alpha, not 1/alpha
+must_fail("ridge penalty alpha instead of 1/alpha", lambda: checks.cmp(
+    "(5.3) with penalty alpha", z_new @ E_pkg, alpha * (z_new - Z.T @ torch.from_numpy(ridge_bad.coef_)), rtol=1e-8))
 
 # %% [markdown]
 # ## 5.4 One gradient step is one layer
@@ -217,7 +237,7 @@ checks.cmp("(5.4): layer, notebook vs crate_lite (labels)",
            redunet.layer(Z, E_pkg, C_pkg, gamma_pkg, eta, labels=y), Z1, rtol=1e-12)
 Pi_soft = soft_membership_scratch(Z, C_pkg, lam)
 checks.cmp("(5.5): soft membership, notebook vs crate_lite", redunet.soft_membership(Z, C_pkg, lam), Pi_soft, rtol=1e-10)
-checks.cmp("(5.4): layer, notebook vs crate_lite (soft)", redunet.layer(Z, E_pkg, C_pkg, gamma_pkg, eta, lam=lam),
+checks.cmp("(5.4): layer, notebook vs crate_lite (soft)", redunet.layer(Z, E_pkg, C_pkg, gamma_pkg, eta, sharpness=lam),
            layer_scratch(Z, E_pkg, C_pkg, gamma_pkg, Pi_soft, eta)[1], rtol=1e-12)
 
 # %%
@@ -227,7 +247,54 @@ ycol = torch.arange(3).repeat_interleave(20)
 _, Ccol, _ = redunet.operators(torch.nn.functional.normalize(Zcol, dim=1), ycol, math.sqrt(0.1))
 pi_probe = redunet.soft_membership(torch.tensor([[1.0, 0.02, -0.01]], dtype=DT), Ccol, lam)
 print("pi(z) for z near class 0:", pi_probe.numpy().round(6))
-assert pi_probe[0, 0] > 0.999, pi_probe
+
+
+def near_class0_is_one_hot(pi: torch.Tensor) -> None:
+    assert pi[0, 0] > 0.999, f"membership of the probe in class 0: {float(pi[0, 0]):.3g}"
+
+
+near_class0_is_one_hot(pi_probe)
+probe_C = torch.einsum("nd,kde->nke", torch.tensor([[1.0, 0.02, -0.01]], dtype=DT), Ccol).norm(dim=-1)  # (1, K)
+must_fail("softmax of +lam ||C_k z|| (sign)", lambda: near_class0_is_one_hot(torch.softmax(lam * probe_C, dim=1)))
+
+# %% [markdown]
+# **What the soft membership measures.** Let class $k$ lie on a $p$-dimensional subspace with
+# orthonormal basis $U_k$ ($d\times p$), its $n$ points spread evenly, $Z\Pi_kZ^\top = \frac np U_kU_k^\top$.
+# Split $I = (I - U_kU_k^\top) + U_kU_k^\top$: then
+# $C_k = \alpha_k\big[(I - U_kU_k^\top) + c_k\,U_kU_k^\top\big]$ with $c_k = \big(1 + \alpha_k\frac np\big)^{-1}$, and
+# for a unit vector $z$
+#
+# $$ \|C_kz\|^2 = \alpha_k^2\Big(1 - (1 - c_k^2)\,\|U_k^\top z\|^2\Big). \tag{5.5a} $$
+#
+# So $\pi_k(z) = \mathrm{softmax}_k\big(-\lambda\alpha_k\sqrt{1 - (1 - c_k^2)\|U_k^\top z\|^2}\big)$ (for equal
+# class sizes): the membership of $z$ in class $k$ rises with $\|U_k^\top z\|^2$, the energy of $z$
+# in the class subspace. Chapter 06 meets a softmax of the same projections $U_k^\top z$ inside
+# attention: there the scores are the inner products $\langle U_k^\top z_i, U_k^\top z_j\rangle$ between
+# *tokens*, normalised over the tokens $j$ within one subspace $k$; here the score is the energy
+# of one point in each subspace, normalised over the *subspaces* $k$. Both are soft assignments
+# computed from the projections onto the subspaces, standing in for memberships nobody gave
+# the network. We check (5.5a) on three random 2-planes in $\mathbb{R}^6$; dropping $c_k$ (treating
+# $C_k$ as $\alpha_k$ times the projector onto the orthogonal complement) must fail.
+
+# %%
+gk = torch.Generator().manual_seed(7)
+d6, p6, n6, eps6 = 6, 2, 40, math.sqrt(0.5)
+U6 = torch.stack([torch.linalg.qr(torch.randn(d6, p6, generator=gk, dtype=DT))[0] for _ in range(3)])  # (K, d, p)
+theta = 2 * math.pi * torch.arange(n6, dtype=DT) / n6
+W6 = torch.stack([theta.cos(), theta.sin()], dim=1)  # (n, p): sum_j w_j w_j^T = (n / p) I
+Z6 = torch.cat([W6 @ U6[k].T for k in range(3)])  # (K n, d), unit rows on the class planes
+y6 = torch.arange(3).repeat_interleave(n6)
+_, C6, _ = redunet.operators(Z6, y6, eps6)
+zq = torch.nn.functional.normalize(torch.randn(8, d6, generator=gk, dtype=DT), dim=1)  # query points (8, d)
+a6 = d6 / (n6 * eps6**2)  # alpha_k
+c6 = 1 / (1 + a6 * n6 / p6)
+energy = torch.einsum("nd,kdp->nkp", zq, U6).square().sum(-1)  # (8, K): ||U_k^T z||^2
+closed = a6 * (1 - (1 - c6**2) * energy).sqrt()  # (8, K): ||C_k z|| by (5.5a)
+checks.cmp("(5.5a): ||C_k z|| vs closed form", torch.einsum("nd,kde->nke", zq, C6).norm(dim=-1), closed, rtol=1e-10)
+checks.cmp("(5.5a): crate_lite soft membership vs softmax of subspace energies", redunet.soft_membership(zq, C6, 5.0),
+           torch.softmax(-5.0 * closed, dim=1), rtol=1e-10)
+must_fail("(5.5a) without c_k", lambda: checks.cmp(
+    "(5.5a) without c_k", torch.einsum("nd,kde->nke", zq, C6).norm(dim=-1), a6 * (1 - energy).sqrt(), rtol=1e-10))
 
 # %% [markdown]
 # ## 5.5 Forward construction
@@ -256,7 +323,7 @@ assert pi_probe[0, 0] > 0.999, pi_probe
 # computations:
 
 # %%
-net_small = redunet.ReduNet(eta=eta, eps=eps, lam=lam, n_layers=5).fit(Z, y, keep=(3,))
+net_small = redunet.ReduNet(depth=5, step_size=eta, eps=eps, sharpness=lam).fit(Z, y, keep=(3,))
 Z3 = net_small.snapshots[3]
 checks.cmp("record: R^c at layer 3 vs chapter 03's class_coding_rate", net_small.history["Rc"][3],
            class_coding_rate(Z3, y, eps), rtol=1e-10)
@@ -265,6 +332,15 @@ checks.cmp("record: Delta R at layer 5 vs rate_reduction", net_small.history["de
 checks.cmp("stored E_3 vs operators(Z_3)", net_small.E[3], redunet.operators(Z3, y, eps)[0], rtol=1e-10)
 checks.cmp("transform(train, labels) reproduces the training features", net_small.transform(Z, y),
            net_small.features, rtol=1e-12)
+checks.cmp("record: Delta R at layer 0 vs rate_reduction of the input", net_small.history["delta_R"][0],
+           rate_reduction(Z, y, eps), rtol=1e-10)
+checks.cmp("stored E_0, C_0 vs operators of the input", torch.cat([net_small.E[0][None], net_small.C[0]]),
+           torch.cat([expansion_operator(Z, eps)[None], compression_operators(Z, y, eps)[0]]), rtol=1e-10)
+Z_by_layer = Z
+for l in range(5):  # soft memberships, the stored operators, the notebook's own layer (5.4)-(5.5)
+    E_l, C_l = net_small.E[l], net_small.C[l]
+    Z_by_layer = layer_scratch(Z_by_layer, E_l, C_l, gamma, soft_membership_scratch(Z_by_layer, C_l, lam), eta)[1]
+checks.cmp("transform (soft memberships) vs five notebook layers", net_small.transform(Z), Z_by_layer, rtol=1e-12)
 
 # %% [markdown]
 # ## 5.6 Mixtures of Gaussians on the circle
@@ -285,7 +361,7 @@ for K, angles in circle_means.items():
     mu = torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles])  # (K, 2)
     Zc, yc = gaussians_on_sphere(n_circle, mu, dim=2, noise=0.1, seed=0)
     t0 = time.perf_counter()
-    net = redunet.ReduNet(eta=0.5, eps=eps_toy, lam=500.0, n_layers=L_circle).fit(Zc.to(DT), yc)
+    net = redunet.ReduNet(depth=L_circle, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Zc.to(DT), yc)
     circle[K] = (Zc, yc, net)
     print(f"K={K}: {L_circle} layers in {time.perf_counter() - t0:.2f} s, "
           f"Delta R {net.history['delta_R'][0]:.4f} -> {net.history['delta_R'][-1]:.6f}")
@@ -349,7 +425,7 @@ assert abs(opt3 - 1.879849) < 1e-6
 Ztr, ytr = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=0)
 Zte, yte = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=1)  # held out
 t0, c0 = time.perf_counter(), time.process_time()
-sphere = redunet.ReduNet(eta=0.5, eps=eps_toy, lam=500.0, n_layers=L_sphere).fit(Ztr.to(DT), ytr, keep=(0, 50, 200))
+sphere = redunet.ReduNet(depth=L_sphere, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Ztr.to(DT), ytr, keep=(0, 50, 200))
 t_fit, c_fit = time.perf_counter() - t0, time.process_time() - c0
 print(f"{L_sphere} layers on 1500 points: {t_fit:.2f} s wall, {c_fit:.2f} s CPU")
 rec.log("sphere: construction time", t_fit, unit="s", data="3 Gaussians on S^2, 500/class",
@@ -404,18 +480,59 @@ plt.show()
 # ## 5.8 Which mistakes does the bound catch?
 #
 # A check must be able to fail. At the optimum every point is an eigenvector of $E$ and of
-# its own $C_k$, so errors that only *rescale* the two terms (a lost $\gamma_k$, a wrong
-# $\alpha$, $\epsilon^2$ passed where $\epsilon$ is expected) converge to the same
-# features, often faster: the endpoint cannot see them, and the step-vs-autograd check of
-# section 5.4 is the one that fails. We confirm it for a lost $\gamma_k$:
+# its own $C_k$, so it stays a fixed point of (5.4) however the two terms are weighted
+# (Exercise 5.1). Errors that only change those weights keep the fixed points: a lost
+# $\gamma_k$ (compression $K$ times too strong) or $\epsilon^2$ passed where $\epsilon$ is expected
+# ($\alpha$ and $\alpha_k$ ten times too large here). The step-vs-autograd check of section 5.4
+# catches both:
 
 # %%
-step_no_gamma, _ = layer_scratch(Z, E_pkg, C_pkg, torch.ones_like(gamma_pkg), Pi, eta)
-try:
-    checks.cmp("(5.4) without gamma_k vs autograd", step_no_gamma, grad_dR, rtol=1e-10)
-    raise RuntimeError("the gradient check missed a lost gamma_k")
-except AssertionError as err:
-    print("caught as expected ->", str(err)[:90])
+def ascent_step(Z: torch.Tensor, y: torch.Tensor, eps: float, mistake: str = "") -> torch.Tensor:
+    """The ascent direction of (5.4) with one-hot memberships, (N, d), optionally with a
+    deliberate mistake: "lost gamma_k", "eps^2 for eps", "sign of compression",
+    "all samples in C_k" (alpha_k (I + alpha_k Z Z^T)^{-1}: Pi_k forgotten)."""
+    E, C, gam = redunet.operators(Z, y, eps**2 if mistake == "eps^2 for eps" else eps)
+    if mistake == "lost gamma_k":
+        gam = torch.ones_like(gam)
+    elif mistake == "sign of compression":
+        gam = -gam
+    elif mistake == "all samples in C_k":
+        a_k = (Z.shape[1] / (torch.bincount(y).to(Z.dtype) * eps**2))[:, None, None]  # (K, 1, 1)
+        C = a_k * torch.linalg.inv(torch.eye(Z.shape[1], dtype=Z.dtype) + a_k * (Z.T @ Z))
+    return layer_scratch(Z, E, C, gam, torch.nn.functional.one_hot(y).to(Z.dtype), 1.0)[0]
+
+
+checks.cmp("ascent_step vs autograd grad Delta R", ascent_step(Z, y, eps), grad_dR, rtol=1e-10)
+for mistake in ["lost gamma_k", "eps^2 for eps"]:
+    must_fail(mistake, lambda: checks.cmp(f"(5.4) with {mistake} vs autograd", ascent_step(Z, y, eps, mistake), grad_dR, rtol=1e-10))
+
+
+def ascend(Z: torch.Tensor, y: torch.Tensor, depth: int, mistake: str = "") -> torch.Tensor:
+    """The features after ``depth`` layers of (5.4), eta = 0.5, with a deliberate mistake."""
+    for _ in range(depth):
+        Z = torch.nn.functional.normalize(Z + 0.5 * ascent_step(Z, y, eps_toy, mistake), dim=1)
+    return Z
+
+
+# %% [markdown]
+# The endpoint bound cannot see them. From the input of section 5.7, 200 layers of each
+# wrong construction already end within $10^{-4}$ of the optimum, where the correct one
+# needs more than 200 (its gap after 200 layers is recorded above, in `sphere.history`),
+# and their features agree with the correct construction's final features to a fraction of
+# a degree: same features, reached faster.
+
+# %%
+feat_angle = lambda A, B: float(torch.rad2deg(torch.arccos((A * B).sum(1).abs().clamp(max=1.0))).max())  # noqa: E731
+gap_200 = opt3 - float(sphere.history["delta_R"][200])
+print(f"correct construction: gap after 200 layers {gap_200:.2e}")
+assert gap_200 > 1e-3, gap_200
+for mistake in ["lost gamma_k", "eps^2 for eps"]:
+    Zw = ascend(Ztr.to(DT), ytr, 200, mistake)
+    gap_w, ang_w = opt3 - float(rate_reduction(Zw, ytr, eps_toy)), feat_angle(Zw, sphere.features)
+    print(f"{mistake:>14}: gap after 200 layers {gap_w:.2e}; largest angle to the correct final features {ang_w:.2f} deg")
+    assert 0 <= gap_w < 1e-4 and ang_w < 1.0, (gap_w, ang_w)
+    rec.log(f"5.8 wrong construction '{mistake}': gap after 200 layers", gap_w, unit="nats",
+            data="3 Gaussians on S^2 (section 5.7 input)", note=f"correct construction: {gap_200:.2e}")
 
 # %% [markdown]
 # Errors that change the *direction* of the flow fail the endpoint bound of section 5.7
@@ -425,22 +542,8 @@ except AssertionError as err:
 # is lost).
 
 # %%
-def ascend_wrong(Z: torch.Tensor, y: torch.Tensor, n_layers: int, mistake: str) -> float:
-    """Delta R of the features after n_layers of a deliberately wrong (5.4)."""
-    Pi = torch.nn.functional.one_hot(y).to(Z.dtype)  # (N, K)
-    a_k = 3 / (torch.bincount(y).to(Z.dtype) * eps_toy**2)  # (K,)
-    for _ in range(n_layers):
-        E, C, gam = redunet.operators(Z, y, eps_toy)
-        if mistake == "sign of compression":
-            gam = -gam
-        elif mistake == "all samples in C_k":  # alpha_k (I + alpha_k Z Z^T)^{-1}: Pi_k forgotten
-            C = a_k[:, None, None] * torch.linalg.inv(torch.eye(3, dtype=Z.dtype) + a_k[:, None, None] * (Z.T @ Z))
-        Z = layer_scratch(Z, E, C, gam, Pi, 0.5)[1]
-    return float(rate_reduction(Z, y, eps_toy))
-
-
 for mistake in ["sign of compression", "all samples in C_k"]:
-    gap_wrong = opt3 - ascend_wrong(Ztr.to(DT), ytr, 500, mistake)
+    gap_wrong = opt3 - float(rate_reduction(ascend(Ztr.to(DT), ytr, 500, mistake), ytr, eps_toy))
     print(f"{mistake:>22}: gap after 500 layers {gap_wrong:.3e} (bound 1e-4)")
     assert gap_wrong > 1e-4, f"the 1e-4 bound does not catch: {mistake}"
 
@@ -459,7 +562,7 @@ mu60 = torch.linalg.cholesky((1 - c60) * torch.eye(3) + c60 * torch.ones(3, 3)) 
 Z60, y60 = gaussians_on_sphere(300, mu60, dim=3, noise=0.1, seed=0)
 L60 = profiles.pick(smoke=300, cpu=2000)
 keep60 = tuple(range(0, L60 + 1, L60 // 10))
-net60 = redunet.ReduNet(eta=0.5, eps=eps_toy, lam=500.0, n_layers=L60).fit(Z60.to(DT), y60, keep=keep60)
+net60 = redunet.ReduNet(depth=L60, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Z60.to(DT), y60, keep=keep60)
 
 
 def min_mean_angle(F: torch.Tensor, y: torch.Tensor) -> float:
@@ -513,18 +616,24 @@ def mean_cosines(F: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 rho = cosine_factor(0.5, eps_toy, 500, 3, 3)
 mu_near = torch.eye(3) + 0.05 * torch.randn(3, 3, generator=torch.Generator().manual_seed(0))  # ~3 deg off
 Zn, yn = gaussians_on_sphere(500, mu_near, dim=3, noise=0.01, seed=0)
-net_near = redunet.ReduNet(eta=0.5, eps=eps_toy, lam=500.0, n_layers=400).fit(Zn.to(DT), yn, keep=(100, 400))
+net_near = redunet.ReduNet(depth=400, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Zn.to(DT), yn, keep=(100, 400))
 rho_meas = (mean_cosines(net_near.snapshots[400], yn) / mean_cosines(net_near.snapshots[100], yn)) ** (1 / 300)
 print(f"rho (5.7) = {rho:.6f} (1 - rho = 1/{1 / (1 - rho):.0f}); measured per pair: {rho_meas.numpy().round(6)}")
 # compare the rates 1 - rho; measured within 0.6% (second order in the ~0.05 cosines)
 checks.cmp("(5.7): per-layer cosine decay 1 - rho, theory vs measured", 1 - rho_meas,
            torch.full_like(rho_meas, 1 - rho), rtol=0.01)
+must_fail("(5.7) without the factor 2 (only one end of each pair moves)", lambda: checks.cmp(
+    "(5.7) without the 2", 1 - rho_meas, torch.full_like(rho_meas, (1 - rho) / 2), rtol=0.01))
+rec.log("(5.7) 1 - rho, closed form", 1 - rho, data="eta 0.5, eps^2 0.1, 500 points per class, K = d = 3",
+        note=f"measured per pair: {(1 - rho_meas).numpy().round(7).tolist()}")
 
 # %% [markdown]
 # Now the sphere of section 5.7 with *random* centres (`gaussians_on_sphere(500, 3, ...)`,
 # three random unit vectors), same hyper-parameters, 2000 layers. Over the last 500
 # layers the gap must shrink by $\rho^{2}$ per layer, as (5.7) predicts; from the final gap
-# (5.7) also predicts how many layers $10^{-4}$ would need.
+# (5.7) also predicts how many layers $10^{-4}$ would need. We assert that 2000 layers are
+# not enough (the gap stays above $2\times10^{-4}$) and that the prediction lies between
+# 2000 and 3000 layers.
 
 # %%
 rand_seeds = profiles.pick(smoke=[1], cpu=[1, 2, 3])
@@ -533,7 +642,7 @@ for s in rand_seeds:
     gr = torch.Generator().manual_seed(s)
     mu_r = torch.nn.functional.normalize(torch.randn(3, 3, generator=gr), dim=1)  # the same centres
     Zr_te, yr_te = gaussians_on_sphere(500, mu_r, dim=3, noise=0.1, seed=s + 100)  # held out
-    net_r = redunet.ReduNet(eta=0.5, eps=eps_toy, lam=500.0, n_layers=2000).fit(Zr.to(DT), yr)
+    net_r = redunet.ReduNet(depth=2000, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Zr.to(DT), yr)
     gap_r = opt3 - net_r.history["delta_R"]  # (2001,)
     tail = float(gap_r[2000] / gap_r[1500]) ** (1 / 500)
     need = 2000 + math.log(float(gap_r[-1]) / 1e-4) / (-2 * math.log(rho))
@@ -546,6 +655,8 @@ for s in rand_seeds:
           f"gap factor per layer {tail:.6f} (rho^2 = {rho**2:.6f}); 1e-4 predicted at ~{need:.0f} layers")
     assert bool((gap_r.diff() <= 0).all()), "Delta R not monotone"
     assert abs(tail - rho**2) < 1e-4, (tail, rho**2)
+    # measured after 2000 layers: gap 7.0e-4 (seed 1), 3.4e-4 (seed 2), 6.4e-4 (seed 3)
+    assert 2e-4 < float(gap_r[-1]) < 1e-3 and 2000 < need < 3000, (float(gap_r[-1]), need)
     rec.log(f"random centres seed {s}: optimum gap after 2000 layers", float(gap_r[-1]), unit="nats",
             data=f"3 Gaussians on S^2, 500/class, random centres (seed {s}), noise 0.1", note="eta 0.5, eps^2 0.1, lam 500")
 
@@ -567,7 +678,7 @@ X, yd = X[perm], yd[perm]
 tr = torch.cat([torch.nonzero(yd == c).flatten()[:n_per_class] for c in range(10)])
 te = torch.ones(len(X), dtype=torch.bool); te[tr] = False
 t0 = time.perf_counter()
-dnet = redunet.ReduNet(eta=0.5, eps=math.sqrt(0.5), lam=500.0, n_layers=L_digits).fit(X[tr], yd[tr])
+dnet = redunet.ReduNet(depth=L_digits, step_size=0.5, eps=math.sqrt(0.5), sharpness=500.0).fit(X[tr], yd[tr])
 Fd_te = dnet.transform(X[te])
 print(f"{L_digits} layers, {len(tr)} training images, {int(te.sum())} held out: {time.perf_counter() - t0:.1f} s")
 
@@ -579,10 +690,13 @@ dRd = dnet.history["delta_R"]
 print(f"Delta R (training) {float(dRd[0]):.3f} -> {float(dRd[-1]):.3f} nats")
 print(f"nearest subspace (k={k_sub}) held-out accuracy: raw {acc_raw:.4f} | ReduNet features {acc_red:.4f}")
 assert bool((dRd.diff() >= 0).all()), "Delta R decreased on digits"
-assert float(dRd[-1]) > 2 * float(dRd[0])
-assert acc_red > 0.85 and acc_raw > 0.85
+# measured (seed 0): Delta R x4.35 and accuracy 0.952 vs 0.939 (smoke: 15/class, 30 layers);
+# x4.98 and 0.964 vs 0.936 (cpu: 30/class, 100 layers)
+assert float(dRd[-1]) > 4 * float(dRd[0]), "expected Delta R of the training features to grow more than fourfold"
+assert acc_raw > 0.9 and acc_red >= acc_raw + 0.01, (acc_raw, acc_red)
 data_d = f"sklearn digits, {n_per_class}/class train, {int(te.sum())} held out, seed 0"
 rec.log("digits: Delta R input -> output", f"{float(dRd[0]):.3f} -> {float(dRd[-1]):.3f}", unit="nats", data=data_d, note=f"{L_digits} layers, eps^2 0.5")
+rec.log("digits: Delta R output / input", float(dRd[-1] / dRd[0]), data=data_d, note=f"{L_digits} layers, eps^2 0.5")
 rec.log("digits: nearest-subspace accuracy, raw", acc_raw, data=data_d, note=f"k={k_sub}")
 rec.log("digits: nearest-subspace accuracy, ReduNet features", acc_red, data=data_d, note=f"k={k_sub}, {L_digits} layers")
 
@@ -596,22 +710,81 @@ axes[1].set_ylim(0.8, 1.0); axes[1].set_title(f"nearest subspace (k={k_sub}), he
 plt.show()
 
 # %% [markdown]
+# ## 5.11 Invariance: shifts turn the operators into convolutions
+#
+# The ReduNet paper's second bridge: asking for invariance makes $E$ and $C_k$
+# convolutions. Take 1-D signals $z\in\mathbb{R}^d$ whose class should not change under a
+# circular shift $S$ ($(Sz)_i = z_{i-1}$, indices mod $d$, $S^d = I$). Build the invariance
+# into the data: every sample enters with all its $d$ shifts,
+# $\tilde Z = [\mathrm{circ}(z_1), \dots, \mathrm{circ}(z_N)]$ with $\mathrm{circ}(z) = [z, Sz, \dots, S^{d-1}z]$, so
+# $\tilde N = Nd$ columns and $\alpha = \frac{d}{\tilde N\epsilon^2}$. Since $S\,\mathrm{circ}(z) = \mathrm{circ}(z)\,P$ for the
+# cyclic permutation $P$ of the columns, and $PP^\top = I$,
+#
+# $$ S\,\tilde Z\tilde Z^\top S^\top = \sum_i \mathrm{circ}(z_i)\,PP^\top\,\mathrm{circ}(z_i)^\top = \tilde Z\tilde Z^\top . $$
+#
+# So $\tilde Z\tilde Z^\top$ commutes with $S$, hence so do $I + \alpha\tilde Z\tilde Z^\top$ and its inverse:
+# $SES^\top = E$. A matrix that commutes with the cyclic shift is *circulant* (each row is the
+# previous one shifted), i.e. $Ez = e \circledast z$, a circular convolution with the kernel
+# $e = Ee_1$ (the first column). The same holds for each $C_k$, built from the shifts of class
+# $k$. The discrete Fourier transform $F$ diagonalises every circulant matrix: $\mathrm{circ}(z)$
+# has eigenvalues $\hat z = Fz$, so $\tilde Z\tilde Z^\top$ has eigenvalues $\sum_i|\hat z_i(\omega)|^2$ (the summed
+# power spectra) and
+#
+# $$ \widehat{Ez}(\omega) = \frac{\alpha}{1 + \alpha\sum_i |\hat z_i(\omega)|^2}\;\hat z(\omega). \tag{5.8} $$
+#
+# One frequency at a time: $E$ costs $O(d\log d)$ per point instead of $d^2$, and it damps the
+# frequencies where the data already have power. Finally, the layer is shift-equivariant:
+# $\|C_kSz\| = \|SC_kz\| = \|C_kz\|$, so $\pi_k(Sz) = \pi_k(z)$ and (5.4) maps $Sz$ to $S$ times the image of $z$.
+# We check each claim on 6 random signals of length 8 (2 classes); operators built from the
+# signals *without* their shifts must fail the first check.
+
+# %%
+gs = torch.Generator().manual_seed(11)
+d8, N8, eps8 = 8, 6, math.sqrt(0.5)
+X8 = torch.nn.functional.normalize(torch.randn(N8, d8, generator=gs, dtype=DT), dim=1)  # (N, d) signals
+y8 = torch.arange(N8) % 2
+X8aug = torch.stack([X8.roll(s, dims=1) for s in range(d8)], dim=1).reshape(N8 * d8, d8)  # (N d, d): all shifts
+E8, C8, g8 = redunet.operators(X8aug, y8.repeat_interleave(d8), eps8)
+shift_conj = lambda M: M.roll(1, -2).roll(1, -1)  # noqa: E731  S M S^T for M (..., d, d)
+checks.cmp("S E S^T = E", shift_conj(E8), E8, atol=1e-12)
+checks.cmp("S C_k S^T = C_k", shift_conj(C8), C8, atol=1e-12)
+E8_plain = redunet.operators(X8, y8, eps8)[0]  # no shifts in the data
+must_fail("operators without the shifted copies", lambda: checks.cmp("S E S^T = E, no shifts", shift_conj(E8_plain), E8_plain, atol=1e-12))
+zt = torch.nn.functional.normalize(torch.randn(5, d8, generator=gs, dtype=DT), dim=1)  # (5, d) test signals
+kernel = torch.stack([E8[:, 0].roll(s) for s in range(d8)], dim=1)  # (d, d): columns S^s e
+checks.cmp("E z = e (circular convolution) z", zt @ E8, zt @ kernel.T, rtol=1e-10)
+a8 = d8 / (N8 * d8 * eps8**2)
+power = torch.fft.fft(X8, dim=1).abs().square().sum(0)  # (d,): sum_i |z_i hat|^2
+checks.cmp("(5.8): E z via the FFT", zt @ E8, torch.fft.ifft(torch.fft.fft(zt, dim=1) * a8 / (1 + a8 * power), dim=1).real, rtol=1e-10)
+must_fail("(5.8) with |z hat| instead of |z hat|^2", lambda: checks.cmp(
+    "(5.8) unsquared", zt @ E8, torch.fft.ifft(torch.fft.fft(zt, dim=1) * a8 / (1 + a8 * power.sqrt()), dim=1).real, rtol=1e-10))
+checks.cmp("layer(S z) = S layer(z), soft memberships", redunet.layer(zt.roll(1, dims=1), E8, C8, g8, 0.5, sharpness=5.0),
+           redunet.layer(zt, E8, C8, g8, 0.5, sharpness=5.0).roll(1, dims=1), atol=1e-12)
+
+# %% [markdown]
 # ## Summary
 #
 # The gradient of the coding rate is a linear operator on each sample: $E$ for the whole
 # set (5.1) and $C_k$ for each class (5.2), ridge-regression residuals against all data and
 # against one class (5.3). One projected ascent step on $\Delta R$, with a softmax over
 # residual norms standing in for unknown labels, is a layer with linear maps, a gate, a
-# skip connection and a normalisation (5.4)-(5.5). Stacking steps builds a deep network
-# whose parameters are all computed forward in closed form. On three Gaussians on $S^2$
-# centred on the axes the rate reduction of the training features rose monotonically to
-# within $10^{-4}$ of the MCR$^2$ optimum, the class means ended orthogonal and held-out
-# points followed their classes. With random centres the classes must also rotate apart,
-# and near the optimum their cosines shrink only by the factor $\rho = 1 - 1/605$ per layer
-# (5.7): after 2000 layers the gap was still $7\times10^{-4}$ (seed 1), slow but
-# converging at the predicted rate, not a bug. On digits the construction raised $\Delta R$ of the training features
-# about fivefold, and nearest-subspace accuracy on held-out images was 0.964 on the features
-# against 0.936 on raw pixels (cpu profile, 30 images per class; smoke: 0.952 vs 0.939).
+# skip connection and a normalisation (5.4)-(5.5); the softmax scores each class by the
+# energy of the point in the class subspace (5.5a), the ReduNet side of the attention softmax
+# of chapter 06. Stacking steps builds a deep network whose parameters are all computed
+# forward in closed form. On three Gaussians on $S^2$ centred on the axes the rate reduction
+# of the training features rose monotonically to within $10^{-4}$ of the MCR$^2$ optimum, the
+# class means ended orthogonal and held-out points followed their classes. That endpoint
+# cannot see mistakes that only reweight the two terms (a lost $\gamma_k$, $\epsilon^2$ passed for
+# $\epsilon$): they reach it within 200 layers, sooner than the correct construction, with the
+# same features, and only the gradient check catches them. With random centres the classes
+# must also rotate apart, and near the optimum their cosines shrink only by the factor
+# $\rho = 1 - 1/605$ per layer (5.7), as measured to within 1%: after 2000 layers the gap was
+# still between $2\times10^{-4}$ and $10^{-3}$ ($7.0\times10^{-4}$ for seed 1), converging at the
+# predicted rate, not a bug. On digits the construction raised $\Delta R$ of the training
+# features more than fourfold, and the nearest-subspace accuracy on held-out images was at
+# least one point above that on raw pixels (recorded on this split: 0.952 vs 0.939 under
+# `smoke`, 0.964 vs 0.936 under `cpu`). Asking for shift invariance turns every operator
+# into a circular convolution, diagonal in the Fourier basis (5.8).
 # The price: every layer holds $K+1$ full $d\times d$ operators computed from the whole
 # training set, and hundreds of layers are needed. Chapter 06 keeps the idea (a layer is
 # an optimisation step) and makes it cheap with learned subspaces, attention and sparsity.
@@ -675,15 +848,15 @@ checks.cmp("hidden 5.2", expansion_via_ridge(_Z, 0.3), redunet.operators(_Z, tor
 # ### Exercise 5.3 (implement)
 # Classify held-out points *by the network itself*: run them through the stored layers
 # and return, for each point, the class of largest soft membership (5.5) at the last
-# layer. Use `net.transform(..., n_layers=L-1)`, then `net.C[L-1]` and `net.lam`.
+# layer. Use `net.transform(..., depth=L-1)`, then `net.C[L-1]` and `net.sharpness`.
 
 # %%
 def predict_by_membership(net: redunet.ReduNet, Z: torch.Tensor) -> torch.Tensor:
     """Labels (M,) of Z (M, d): argmax_k pi_k at the input of the last layer."""
     # BEGIN SOLUTION
-    L = net.n_layers
-    F = net.transform(Z, n_layers=L - 1)
-    return redunet.soft_membership(F, net.C[L - 1], net.lam).argmax(1)
+    L = net.depth
+    F = net.transform(Z, depth=L - 1)
+    return redunet.soft_membership(F, net.C[L - 1], net.sharpness).argmax(1)
     # END SOLUTION
 
 
@@ -703,26 +876,56 @@ assert _acc > 0.7, _acc
 # $\Delta R$ monotone? How does the held-out accuracy depend on $\lambda$, and why does a
 # small $\lambda$ mix the classes of test points near the boundary between two caps?
 # Then move the *training* points with soft memberships too, as the paper's algorithm
-# does (build each layer with `redunet.operators` and apply `redunet.layer(..., lam=lam)`),
+# does (build each layer with `redunet.operators` and apply `redunet.layer(..., sharpness=lam)`),
 # on random centres with two classes close together (try `gaussians_on_sphere(500, 3,
 # seed=4)`): does $\Delta R$ (with the true labels) still reach the optimum?
 
 # %% [markdown] tags=["solution"]
 # **Guidance.** $\eta$ multiplies a step whose size is about $\alpha$ or $\alpha_k$ (0.02 and
-# 0.06 here), so even $\eta = 10$ is a small step and the ascent stays monotone for a long
-# time; measure where it first fails. With small $\lambda$ the memberships (5.5) are nearly
-# uniform, so a test point is compressed toward every class at once and drifts less toward
-# its own: accuracy drops for points between caps first. Soft memberships for the
-# training points: with seed 4 two centres are ~32 degrees apart, two training points
-# are compressed toward the wrong class and stay there, and $\Delta R$ measured with the true
-# labels stops well short of the optimum (a gap of about $2\times10^{-2}$ after 2000
-# layers), while the labelled construction of section 5.5 converges.
+# 0.06 here), so even $\eta = 10$ is a small step; record the first layer where $\Delta R$
+# decreases and by how much. With small $\lambda$ the memberships (5.5) are nearly uniform,
+# so a test point is compressed toward every class at once and drifts less toward its own.
+#
+# **Solution sketch** (section 5.7's data, 500 layers). $\eta$ = 0.1, 0.5, 2: strictly
+# monotone, gap to the optimum $5.4\times10^{-2}$, $2.6\times10^{-5}$, $1.0\times10^{-8}$. $\eta$ = 10, 30, 100:
+# the optimum is reached to $10^{-14}$ and the only "decreases" (from layer 251, 89, 51) are
+# rounding-level wiggles of $10^{-14}$: on this data no tested $\eta$ breaks monotonicity. With
+# $\lambda$ = 5, 50, 500 the mean largest membership of the held-out inputs is 0.38, 0.78 and
+# 1.00, yet the held-out accuracy stays 1.000 for all three: the caps are $90^\circ$ apart, so
+# even nearly uniform memberships leave each point closest to its own class. Mixing needs
+# classes close together. Soft memberships for the training points: with seed 4 two centres
+# are $32.5^\circ$ apart, 2 training points are compressed toward the wrong class and stay there,
+# and $\Delta R$ measured with the true labels stops at a gap of $2.0\times10^{-2}$ after 2000 layers,
+# while the labelled construction of section 5.5 reaches $7\times10^{-4}$ and keeps shrinking
+# at the rate (5.7).
 
 # %% [markdown]
 # ### Exercise 5.5 (explore)
 # On digits, sweep the number of layers (10, 30, 100, 300) and $\epsilon^2$ (0.1, 0.5, 1).
 # Does the nearest-subspace accuracy on the features keep improving with depth? Compare
 # with chapter 03's MCR$^2$ network, which is trained by back-propagation.
+
+# %% [markdown] tags=["solution"]
+# **Guidance.** Fit one network per $\epsilon$ with `depth=300` and `keep=(10, 30, 100, 300)`; the
+# training features at depth $L$ are `net.snapshots[L]`, the held-out ones
+# `net.transform(X[te], depth=L)`. Fit `NearestSubspace(3)` on the former, score the latter.
+#
+# **Solution sketch** (`cpu` split: 30 training images per class, 1497 held out, $k = 3$; raw
+# pixels score 0.936):
+#
+# | $\epsilon^2$ | $\Delta R$ at input | depth 10 | 30 | 100 | 300 |
+# |---|---|---|---|---|---|
+# | 0.1 | 12.6 | .959 (45.8) | .959 (54.8) | .959 (56.8) | .959 (57.7) |
+# | 0.5 | 4.9 | .965 (10.6) | .964 (20.3) | .964 (24.3) | .964 (24.3) |
+# | 1 | 3.0 | .965 (4.9) | .966 (8.9) | .966 (13.6) | .966 (13.8) |
+#
+# (held-out accuracy, $\Delta R$ of the training features in nats in brackets). The accuracy
+# is settled after 10 layers and does not improve with depth, although $\Delta R$ keeps rising
+# for 100 layers or more: the later layers compress the training classes further, which a
+# nearest-subspace rule with $k = 3$ does not need. $\epsilon$ barely matters (0.959 to 0.966).
+# Chapter 03's network reaches 0.994 at `cpu`, but it learns a feature map from 1258
+# training images by back-propagation, and is scored on a different held-out split; a fair
+# comparison trains it on the same 300 images.
 
 # %% [markdown]
 # ## References

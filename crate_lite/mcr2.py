@@ -8,9 +8,9 @@ Rows are samples: ``Z`` has shape (N, d) (``mcr2_loss`` also accepts (..., N, d)
 
     Delta R(Z | Pi) = R_eps(Z) - R^c_eps(Z | Pi)                                     (3.3)
     max Delta R  subject to  ||z_i|| = 1 for every sample                           (3.5)
-    grad Delta R = alpha Z E - alpha sum_k diag(pi_k) Z C_k                         (3.7)
-        E = (I + alpha Z^T Z)^{-1},  C_k = (I + alpha_k Z^T diag(pi_k) Z)^{-1},
-        alpha = d / (N eps^2),  alpha_k = d / (N_k eps^2)
+    grad Delta R = Z E - sum_k gamma_k diag(pi_k) Z C_k                             (3.7)
+        E = alpha (I + alpha Z^T Z)^{-1},  C_k = alpha_k (I + alpha_k Z^T diag(pi_k) Z)^{-1},
+        alpha = d / (N eps^2),  alpha_k = d / (N_k eps^2),  gamma_k = N_k / N
     optimum, K orthogonal equal-size classes of rank r (K r <= d):
         Delta R* = K r/2 log(1 + d/(K r eps^2)) - r/2 log(1 + d/(r eps^2))          (3.6)
 """
@@ -48,9 +48,10 @@ def mcr2_loss(Z: torch.Tensor, labels: torch.Tensor, eps: float, *, normalize: b
 def rate_reduction_grad(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
     """Closed-form gradient of Delta R with respect to ``Z`` (N, d), eq. (3.7). Chapter 03.
 
-    Rows as samples: grad = alpha Z E - alpha sum_k diag(pi_k) Z C_k, with
-    E = (I_d + alpha Z^T Z)^{-1} and C_k = (I_d + alpha_k Z^T diag(pi_k) Z)^{-1}; the weight
-    N_k/N of class k times alpha_k is alpha for every class. ``labels`` integer (N,) or soft
+    Rows as samples: grad = Z E - sum_k gamma_k diag(pi_k) Z C_k, with
+    E = alpha (I_d + alpha Z^T Z)^{-1}, C_k = alpha_k (I_d + alpha_k Z^T diag(pi_k) Z)^{-1} and
+    gamma_k = N_k/N (the operators of chapter 05, eqs. 5.1-5.2); since gamma_k alpha_k = alpha,
+    the code evaluates alpha Z (I + alpha Z^T Z)^{-1} - alpha sum_k diag(pi_k) Z (I + ...)^{-1}. ``labels`` integer (N,) or soft
     memberships (N, K). Returns shape (N, d), in ``Z``'s dtype.
 
     Evaluated in float64. Each C_k is applied through the Cholesky factor of

@@ -7,7 +7,9 @@
 # - use the course's numerical checks (`cmp`, `check_grad`, `check_shape`) and recognise a check that can fail;
 # - work through exercises, and know how student versions and grading are produced.
 #
-# **Prerequisites:** none. **Expected run time** (2-core CPU, measured): smoke about 5 s, cpu about 5 s.
+# **Prerequisites:** none.
+#
+# **Expected run time** on a 2-core CPU (measured 2026-11-29): smoke 4 s, cpu 4 s (budget: smoke 90 s, cpu 90 s).
 #
 # The course rebuilds the CRATE white-box transformer (Yu et al., 2023) from first principles:
 # PCA (ch. 01) -> lossy coding rate (02) -> maximal coding rate reduction (03) -> sparse coding
@@ -76,7 +78,11 @@ rec.log("profile", profiles.current())
 # pass $\epsilon^2$ under the name `eps`).
 #
 # We check the table: the coding rate written in the column convention, by hand, equals
-# `crate_lite`'s row-convention function on the transposed data.
+# `crate_lite`'s row-convention function on the transposed data. Two plausible slips, and what
+# this check can and cannot see: passing $\epsilon$ where $\epsilon^2$ belongs changes the value
+# and is rejected; the *transposed* Gram matrix $Z^\top Z$ ($N\times N$) gives exactly the same
+# value (Sylvester's identity, chapter 02), so no value check can catch that transposition. It
+# is caught by shapes instead, which is why the table and the code comments carry them.
 
 # %%
 d, N, eps = 5, 7, 0.5
@@ -85,6 +91,23 @@ Z_row = Z_col.T  # code: (N, d)
 alpha = d / (N * eps**2)
 R_col = 0.5 * torch.logdet(torch.eye(d, dtype=torch.float64) + alpha * Z_col @ Z_col.T)
 checks.cmp("R(Z) columns by hand vs crate_lite rows", coding_rate(Z_row, eps), R_col, rtol=1e-12)
+
+
+def rejected(name: str, actual, expected, **tol) -> bool:
+    """True when checks.cmp rejects `actual` (used to show that a wrong variant fails a check)."""
+    try:
+        checks.cmp(name, actual, expected, quiet=True, **tol)
+    except AssertionError as err:
+        print("rejected as it should be:", str(err)[:90])
+        return True
+    return False
+
+
+alpha_slip = d / (N * eps)  # eps where eps^2 belongs
+R_slip = 0.5 * torch.logdet(torch.eye(d, dtype=torch.float64) + alpha_slip * Z_col @ Z_col.T)
+assert rejected("R with eps for eps^2", R_slip, R_col, rtol=1e-12)
+R_transposed = 0.5 * torch.logdet(torch.eye(N, dtype=torch.float64) + alpha * Z_col.T @ Z_col)  # (N, N) Gram
+checks.cmp("transposed Gram, same value (Sylvester): invisible to a value check", R_transposed, R_col, rtol=1e-12)
 
 # %% [markdown]
 # ## 0.3 Heads: splitting the feature dimension
@@ -104,6 +127,13 @@ U = torch.eye(h * p).view(h * p, h, p).permute(1, 0, 2)  # (h, d, p): U_k = iden
 for k in range(h):
     checks.cmp(f"Z U_{k} == head {k}", X @ U[k], heads[:, k], rtol=0, atol=0, quiet=k > 0)
 checks.check_shape("heads", heads, (B, h, N, p))
+wrong_heads = X.view(B, h, N, p)  # plausible slip: view as (B, h, N, p) without the transpose
+try:
+    checks.cmp("Z U_1 == head 1 for the view without transpose", X @ U[1], wrong_heads[:, 1], rtol=0, atol=0, quiet=True)
+except AssertionError as err:
+    print("rejected as it should be:", str(err)[:70])
+else:
+    raise AssertionError("the head split without transpose passed the check")
 
 # %% [markdown]
 # ## 0.4 Checks that can fail
@@ -176,16 +206,56 @@ assert to_columns(Zb).data_ptr() == Zb.data_ptr(), "no copy expected"
 # computes $(W Z^\top)^\top$, i.e. the column-convention map $z \mapsto W z$ applied to every row.
 # Check it numerically.
 
+# %% [markdown] tags=["solution"]
+# PyTorch defines `F.linear(Z, W) = Z @ W.T` (bias omitted): entry $(i, j)$ is
+# $\sum_k Z_{ik} W_{jk}$. Entry $(i, j)$ of $(WZ^\top)^\top$ is entry $(j, i)$ of $WZ^\top$, i.e.
+# $\sum_k W_{jk} (Z^\top)_{ki} = \sum_k W_{jk} Z_{ik}$: the same sum. Equivalently $(WZ^\top)^\top = (Z^\top)^\top W^\top
+# = ZW^\top$ by $(AB)^\top = B^\top A^\top$. Row $i$ of the result is $(Wz_i)^\top$ with $z_i$ the $i$-th
+# row of $Z$ written as a column: the map $z \mapsto Wz$ applied to every sample. The check below
+# also rejects the plausible slip `Z @ W` (the transpose forgotten), on a square `W` where the
+# shapes cannot catch it.
+
 # %% tags=["solution"]
 W = torch.randn(3, 5)
 Zr = torch.randn(4, 5)
 checks.cmp("F.linear(Z, W) == (W Z^T)^T", torch.nn.functional.linear(Zr, W), (W @ Zr.T).T, rtol=1e-6)
+W_sq = torch.randn(5, 5)
+assert rejected("F.linear(Z, W) vs Z @ W (square W)", torch.nn.functional.linear(Zr, W_sq), Zr @ W_sq, rtol=1e-6)
 
 # %% [markdown]
 # ### Exercise 0.3 (explore)
 # Run this chapter with `CRATE_PROFILE=smoke` and with `CRATE_PROFILE=gpu` on a machine without a
 # GPU. What does the environment report say? Which sizes change?
 #
+# *Guidance.* Set the variable before starting the kernel (`CRATE_PROFILE=gpu make lab`), or, as
+# the cell below does, set `os.environ["CRATE_PROFILE"]` for a moment (the profile is read at each
+# call) and print `utils.environment()` and the `n_steps` of section 0.1 for each profile.
+# Compare the `profile` and `device` fields.
+
+# %% [markdown] tags=["solution"]
+# The report shows the profile name and the device separately: with `CRATE_PROFILE=gpu` on a CPU-only
+# machine it reads `profile gpu | device cpu`. Nothing falls back automatically: `profiles.pick`
+# looks only at the profile, so `n_steps` is 10 under `smoke`, 1000 under `cpu` and 5000 under `gpu`,
+# and the `gpu` sizes then run on the CPU (slowly). The profile chooses sizes; the device is
+# whatever `utils.setup` finds.
+
+# %% tags=["solution"]
+import os
+
+saved = os.environ.get("CRATE_PROFILE")
+try:
+    for prof in ("smoke", "gpu"):
+        os.environ["CRATE_PROFILE"] = prof
+        report, steps = utils.environment(), profiles.pick(smoke=10, cpu=1000, gpu=5000)
+        print(f"profile {report['profile']} | device {report['device']} | n_steps = {steps}")
+        assert report["profile"] == prof and steps == {"smoke": 10, "gpu": 5000}[prof]
+finally:  # leave the kernel's profile as it was
+    if saved is None:
+        os.environ.pop("CRATE_PROFILE", None)
+    else:
+        os.environ["CRATE_PROFILE"] = saved
+
+# %% [markdown]
 # ## References
 # - Y. Yu, S. Buchanan, D. Pai, T. Chu, Z. Wu, S. Tong, B. Haeffele, Y. Ma. *White-Box Transformers via
 #   Sparse Rate Reduction.* NeurIPS 2023, arXiv:2306.01129.

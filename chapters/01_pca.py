@@ -8,7 +8,9 @@
 # - show that a linear autoencoder trained by gradient descent finds the PCA subspace;
 # - measure the angle between two subspaces with principal angles.
 #
-# **Prerequisites:** chapter 00. **Expected run time** (2-core CPU, measured): smoke about 15 s, cpu about 20 s.
+# **Prerequisites:** chapter 00.
+#
+# **Expected run time** on a 2-core CPU (measured 2026-11-29): smoke 15 s, cpu 15 s (budget: smoke 90 s, cpu 90 s).
 #
 # Every later chapter compresses data onto low-dimensional subspaces; PCA is the case with
 # one subspace and a squared-error criterion, and the place to meet the tools.
@@ -71,38 +73,95 @@ rec.log("directions for 90% variance (digits)", k90, data="sklearn digits 8x8")
 # $$
 # \lambda_j = \sigma_j^2 / N. \tag{1.3}
 # $$
-# From scratch, then against `crate_lite.pca.pca`:
+# `crate_lite.pca.pca` takes the SVD of $X_c$. From scratch we take the other road of the
+# derivation: form $\Sigma$ by hand and diagonalise it with a symmetric eigensolver
+# (`torch.linalg.eigh`, no SVD involved). (1.3) says the two must agree: same variances, same
+# subspace, and the package's directions must satisfy the eigen-equation $\Sigma u_j = \lambda_j u_j$
+# with orthonormal $u_j$. Plausible slips fail the same checks: $\sigma_j^2/(N-1)$ (the unbiased
+# covariance, another normalisation than $\Sigma$'s), $\sigma_j/N$ (the square forgotten), and the
+# first $k$ *columns* of $V^\top$ instead of its rows (a transposed matrix).
+#
+# The digits' covariance is **singular**: some border pixels are 0 in every image, so they have
+# zero variance and $\Sigma$ has as many zero eigenvalues. We count those pixels and the
+# numerically zero eigenvalues independently; section 1.4 needs this fact.
+#
+# **Comparing subspaces.** Eigenvectors have arbitrary signs, and any invertible mix of a basis
+# spans the same subspace, so we compare subspaces, not matrices. With orthonormal bases
+# $Q_A, Q_B$ (from a QR factorisation) the *principal angles* $0 \le \theta_1 \le \theta_2 \le \dots$
+# between $\operatorname{span}(A)$ and $\operatorname{span}(B)$ are given by
+# $\cos\theta_i = \sigma_i(Q_A^\top Q_B)$; the subspaces coincide exactly when $\theta_{\max} = 0$.
+# Check `principal_angles` on a pair with known angles: $\operatorname{span}(e_1, e_2)$, given by a
+# non-orthonormal basis, and $\operatorname{span}(\cos a\,e_1 + \sin a\,e_3,\ \cos b\,e_2 + \sin b\,e_4)$
+# are at angles $a$ and $b$. Skipping the orthonormalisation (singular values of $A^\top B$) fails.
+
+# %%
+ang = torch.tensor([0.35, 1.1], dtype=torch.float64)  # a, b in radians
+I6 = torch.eye(6, dtype=torch.float64)
+A_pl = I6[:, :2] @ torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)  # (6, 2) skewed basis of span(e1, e2)
+B_pl = torch.stack([ang[0].cos() * I6[:, 0] + ang[0].sin() * I6[:, 2],
+                    ang[1].cos() * I6[:, 1] + ang[1].sin() * I6[:, 3]], 1)  # (6, 2)
+checks.cmp("principal angles of a known pair (rad)", principal_angles(A_pl, B_pl), ang, rtol=1e-12)
+checks.cmp("... in degrees", principal_angles(A_pl, B_pl, degrees=True), ang * 180 / torch.pi, rtol=1e-12)
+angles_raw = torch.arccos(torch.linalg.svdvals(A_pl.T @ B_pl).clamp(-1, 1)).flip(0)  # wrong: no QR
+try:
+    checks.cmp("angles without orthonormalising", angles_raw, ang, rtol=1e-12, quiet=True)
+except AssertionError as err:
+    print("rejected as it should be:", str(err)[:90])
+else:
+    raise AssertionError("principal angles without orthonormalisation passed the check")
 
 # %%
 def pca_from_scratch(X: torch.Tensor, k: int):
-    """Top-k principal directions (d, k) and variances (k,) of X (N, d) via the SVD (1.3)."""
-    Xc = X - X.mean(0)
-    _, S, Vh = torch.linalg.svd(Xc, full_matrices=False)  # Vh: (d, d) here since N > d
-    return Vh[:k].T, S[:k] ** 2 / X.shape[0]
+    """Top-k principal directions (d, k) and variances (k,) of X (N, d): eigenvectors of the
+    covariance (1.1), largest eigenvalue first, by a symmetric eigensolver (no SVD)."""
+    Xc = X - X.mean(0)  # (N, d)
+    evals, evecs = torch.linalg.eigh(Xc.T @ Xc / X.shape[0])  # ascending, (d,), (d, d)
+    return evecs[:, -k:].flip(1), evals[-k:].flip(0)
+
+
+def rejected(name: str, actual, expected, **tol) -> bool:
+    """True when checks.cmp rejects `actual` (used to show that a wrong variant fails a check)."""
+    try:
+        checks.cmp(name, actual, expected, quiet=True, **tol)
+    except AssertionError as err:
+        print("rejected as it should be:", str(err)[:90])
+        return True
+    return False
 
 
 k = 10
 U, lam = pca_from_scratch(X, k)
 Sigma = Xc.T @ Xc / N  # (d, d)
-evals = torch.linalg.eigvalsh(Sigma).flip(0)  # descending
-checks.cmp("sigma_j^2 / N == eigenvalues of Sigma (1.3)", lam, evals[:k], rtol=1e-10)
+evals = torch.linalg.eigvalsh(Sigma).flip(0)  # (d,) descending
 U_pkg, lam_pkg, mu_pkg = pca(X, k)
-checks.cmp("crate_lite.pca variances", lam_pkg, lam, rtol=1e-12)
-checks.cmp("crate_lite.pca subspace (largest principal angle, rad)", principal_angles(U_pkg, U).max(), torch.tensor(0.0), atol=1e-6)
+checks.cmp("crate_lite.pca variances sigma_j^2/N == eigenvalues of Sigma (1.3)", lam_pkg, lam, rtol=1e-10)
+checks.cmp("crate_lite.pca subspace vs eigenvectors (largest principal angle, rad)", principal_angles(U_pkg, U).max(), torch.tensor(0.0), atol=1e-6)
+checks.cmp("crate_lite.pca components orthonormal", U_pkg.T @ U_pkg, torch.eye(k, dtype=X.dtype), atol=1e-12)
+checks.cmp("Sigma u_j == lambda_j u_j for crate_lite.pca", Sigma @ U_pkg, U_pkg * lam_pkg, atol=1e-10)
+checks.cmp("crate_lite.pca mean", mu_pkg, X.mean(0), rtol=1e-12)
+_, S_svd, Vh = torch.linalg.svd(Xc, full_matrices=False)  # the wrong variants, from the SVD
+assert rejected("sigma_j^2 / (N - 1)", S_svd[:k] ** 2 / (N - 1), lam, rtol=1e-10)
+assert rejected("sigma_j / N", S_svd[:k] / N, lam, rtol=1e-10)
+assert rejected("first k columns of V^T", principal_angles(Vh[:, :k], U).max(), torch.tensor(0.0), atol=1e-6)
+
+dead = int((Xc.abs().amax(0) == 0).sum())  # pixels with zero variance (constant over all images)
+null_dim = int((evals <= 1e-12 * evals[0]).sum())  # numerically zero eigenvalues of Sigma
+print(f"{dead} of {d} pixels never vary; Sigma has {null_dim} zero eigenvalues: rank {d - null_dim} < {d}")
+assert dead == null_dim > 0, "the digits' covariance was expected to be singular"
+rec.log("rank of the digits covariance", d - null_dim, data="sklearn digits 8x8", note=f"{dead} constant pixels")
 
 # %% [markdown]
-# Now the error formula (1.2), for several $k$: the measured reconstruction error must equal the
-# sum of the discarded eigenvalues (relative error below $10^{-6}$), and any other orthonormal $U$
-# must do worse.
+# Now the error formula (1.2), for several $k$: the measured reconstruction error with the
+# package's directions must equal the sum of the discarded eigenvalues from the eigensolver
+# (relative error below $10^{-6}$), while the same sum started one term late,
+# $\sum_{j > k+1}\lambda_j$, must be rejected.
 
 # %%
 for k_ in (1, 5, 10, 20, 40):
     Uk, _, _ = pca(X, k_)
     mse = ((Xc - Xc @ Uk @ Uk.T) ** 2).sum(1).mean()  # (1.1)
     checks.cmp(f"k={k_:2d}: MSE == sum of discarded eigenvalues (1.2)", mse, evals[k_:].sum(), rtol=1e-6, atol=0)
-Q, _ = torch.linalg.qr(torch.randn(d, 10, dtype=torch.float64))
-mse_random = ((Xc - Xc @ Q @ Q.T) ** 2).sum(1).mean()
-assert mse_random > evals[10:].sum(), "a random subspace cannot beat PCA"
+    assert rejected(f"k={k_:2d}: MSE vs the sum started one term late", mse, evals[k_ + 1:].sum(), rtol=1e-6, atol=0)
 rec.log("PCA MSE k=10 (digits)", float(evals[10:].sum()), data="sklearn digits 8x8", note="= sum of discarded eigenvalues")
 
 # %% [markdown]
@@ -161,17 +220,36 @@ hist = power_iteration(Sigma, k, T)
 U5, _, _ = pca(X, k)
 theta = torch.stack([principal_angles(Q, U5).max() for Q in hist])  # (T+1,)
 checks.cmp("power iteration vs SVD: largest angle after 150 steps (rad)", theta[-1], torch.tensor(0.0), atol=1e-6)
-checks.cmp("power iteration == crate_lite.pca.subspace_iteration", principal_angles(subspace_iteration(Sigma, k, T), hist[-1]).max(), torch.tensor(0.0), atol=1e-6)
+Q_pkg = subspace_iteration(Sigma, k, T)
+checks.cmp("power iteration == crate_lite.pca.subspace_iteration", principal_angles(Q_pkg, hist[-1]).max(), torch.tensor(0.0), atol=1e-6)
+checks.cmp("subspace_iteration returns an orthonormal basis", Q_pkg.T @ Q_pkg, torch.eye(k, dtype=Sigma.dtype), atol=1e-12)
+# wrong variant of (1.4): normalise each column instead of re-orthonormalising the block; every
+# column then converges to the top eigenvector and the "basis" collapses
+Q_bad = hist[0]
+for _ in range(T):
+    Q_bad = Sigma @ Q_bad
+    Q_bad = Q_bad / Q_bad.norm(dim=0)
+try:
+    bad_angle = float(principal_angles(Q_bad, U5).max())
+except ValueError as err:  # principal_angles refuses a rank-deficient basis
+    print("rejected as it should be:", str(err)[:90])
+else:
+    assert bad_angle > 1e-3, "power iteration without QR passed the check"
 
 # %% [markdown]
 # The bound (1.5) predicts the slope on a log scale; the measured angles follow it until they
-# reach machine precision. The check asserts the bound at every step where it is above rounding.
+# reach machine precision. The check asserts the bound at every step where it is above rounding,
+# and rejects the plausible confusion with the rate $(\lambda_{k+1}/\lambda_k)^{2t}$ at which
+# the *eigenvalue* estimates (Rayleigh quotients) converge: the angles are not that fast.
 
 # %%
 rho = float(evals[k] / evals[k - 1])
 bound = torch.tan(theta[0]) * rho ** torch.arange(T + 1, dtype=torch.float64)
 above = bound > 1e-12
 assert bool((torch.tan(theta)[above] <= bound[above] * (1 + 1e-6)).all()), "power iteration converged slower than (1.5)"
+bound_sq = torch.tan(theta[0]) * rho ** (2 * torch.arange(T + 1, dtype=torch.float64))  # wrong rate rho^(2t)
+above_sq = bound_sq > 1e-12
+assert not bool((torch.tan(theta)[above_sq] <= bound_sq[above_sq] * (1 + 1e-6)).all()), "the rate rho^(2t) was not rejected"
 fig, ax = plot.subplots()
 ax.semilogy(torch.tan(theta).numpy(), label="measured $\\tan\\theta_{max}$")
 ax.semilogy(bound.numpy(), "--", label=f"bound (1.5), ratio {rho:.3f}")
@@ -188,10 +266,21 @@ rec.log("lambda_6 / lambda_5 (digits)", rho, data="sklearn digits 8x8")
 # \mathcal{L}(E, D) = \frac1N \sum_i \| x_i - D E x_i \|^2, \tag{1.6}
 # $$
 # with no orthogonality constraint. $DE$ has rank at most $k$, so by the Eckart-Young theorem
-# $\mathcal{L} \ge \mathcal{E}^\star_k$ with equality exactly when $DE$ is the projector onto the
-# top-$k$ eigenspace (for distinct $\lambda_k > \lambda_{k+1}$). Every other critical point is a
-# saddle (Baldi and Hornik, 1989), so gradient descent from a random start finds
+# $\mathcal{L} \ge \mathcal{E}^\star_k$. **If $\Sigma$ has full rank** and $\lambda_k > \lambda_{k+1}$,
+# equality holds exactly when $DE$ is the orthogonal projector $U_kU_k^\top$ onto the top-$k$
+# eigenspace, and every other critical point is a saddle (Baldi and Hornik, 1989, who assume a
+# full-rank covariance with distinct eigenvalues); gradient descent from a random start then finds
 # $\operatorname{span}(D) = \operatorname{span}(U_k)$, though $D$ itself need not be orthonormal.
+#
+# **The digits break the full-rank assumption**: $\Sigma$ is singular (section 1.2). Since
+# $\mathcal{L} = \operatorname{tr}\big((I - DE)\Sigma(I - DE)^\top\big)$ only sees $DE$ on the range of
+# $\Sigma$, equality holds whenever $DE = U_kU_k^\top$ *on that range*; on the null space (here the
+# constant pixels) $DE$ is free, so the minima form a continuum instead of one projector, and the
+# saddle statement does not apply as stated. What survives (with $\lambda_k > \lambda_{k+1}$ and
+# $\lambda_k > 0$) is $\operatorname{span}(D) = \operatorname{span}(U_k)$ at every minimum. And training never
+# touches the null space: $\nabla_E\mathcal{L} = -2D^\top(I - DE)\Sigma$ has zero columns for the
+# constant pixels, so neither gradient descent nor Adam (which rescales entries one by one) moves
+# those columns of $E$ away from their random start. We check all of it below.
 
 # %%
 def train_linear_autoencoder(Xc: torch.Tensor, k: int, steps: int, lr: float = 1e-2, seed: int = 0):
@@ -215,7 +304,18 @@ angle = principal_angles(D, pca(X, k)[0], degrees=True).max()
 print(f"largest principal angle between span(D) and the PCA subspace: {angle:.4f} degrees")
 assert angle < 1.0, f"autoencoder subspace is {angle:.3f} degrees from PCA (expected < 1)"
 checks.cmp("AE loss vs optimum (1.2)", torch.tensor(losses[-1]), evals[k:].sum(), rtol=1e-4, atol=0)
+assert rejected("AE loss averaged per pixel (L / d) vs optimum", torch.tensor(losses[-1] / d), evals[k:].sum(), rtol=1e-4, atol=0)
 rec.log("linear AE: largest angle to PCA (k=8)", float(angle), unit="degrees", data="sklearn digits 8x8")
+
+# the singular covariance: E's columns for the constant pixels never left their random start
+# (the same draw as inside train_linear_autoencoder), so DE is not the projector there
+const = Xc.abs().amax(0) == 0  # (d,) constant pixels
+E_init = 0.1 * torch.randn(k, d, generator=torch.Generator().manual_seed(0), dtype=Xc.dtype)
+checks.cmp("E on the constant pixels == its initial value", E[:, const], E_init[:, const], atol=1e-12)
+P_k = pca(X, k)[0] @ pca(X, k)[0].T  # (d, d) the projector, zero on the constant pixels
+off = float((D @ E - P_k)[:, const].norm())
+print(f"||(DE - U_k U_k^T) restricted to the {int(const.sum())} constant pixels||_F = {off:.3f}: DE is not the projector")
+assert off > 0.05, "DE matched the projector on the null space of Sigma"
 
 # %%
 fig, ax = plot.subplots()
@@ -229,45 +329,63 @@ plt.show()
 # PCA is the best rank-$k$ linear code for squared error: the optimal subspace is the top-$k$
 # eigenspace of the covariance, its error is the sum of the discarded eigenvalues, and the SVD,
 # power iteration and an unconstrained linear autoencoder trained by gradient descent all find
-# it. We measured subspaces by principal angles. PCA assumes one subspace for all the data;
+# it. The digits' covariance is singular (some pixels never vary), so the autoencoder's $DE$ equals the
+# projector only on the span of the data, and the uniqueness and saddle statements that assume a
+# full-rank covariance do not apply as stated; the subspace is still found. We measured subspaces
+# by principal angles. PCA assumes one subspace for all the data;
 # real data (digits of ten classes) are better described by a *union* of subspaces, and the
 # next chapters replace squared error by the coding rate to measure how compact such a union is.
 #
 # ## Exercises
 #
 # ### Exercise 1.1 (implement)
-# Implement PCA through the eigendecomposition of the covariance (`torch.linalg.eigh`), returning
-# the top-`k` eigenvectors as columns (d, k), largest eigenvalue first.
+# With fewer samples than features ($N < d$) the $N\times N$ Gram matrix $G = X_cX_c^\top$ is the
+# cheaper one to diagonalise (the "snapshot" method). Using $X_c = PSV^\top$, show that
+# $G p_j = \sigma_j^2 p_j$ and $v_j = X_c^\top p_j/\sigma_j$, then implement `pca_gram(X, k)`: the
+# top-`k` principal directions (d, k) from `torch.linalg.eigh` of $G$, largest first.
 
 # %%
-def pca_eigh(X: torch.Tensor, k: int) -> torch.Tensor:
+def pca_gram(X: torch.Tensor, k: int) -> torch.Tensor:
     # BEGIN SOLUTION
-    Xc = X - X.mean(0)
-    evals, evecs = torch.linalg.eigh(Xc.T @ Xc / X.shape[0])  # ascending
-    return evecs[:, -k:].flip(1)
+    Xc = X - X.mean(0)  # (N, d)
+    evals, P = torch.linalg.eigh(Xc @ Xc.T)  # ascending: sigma_j^2 (N,), P (N, N)
+    P, s = P[:, -k:].flip(1), evals[-k:].flip(0).clamp_min(0).sqrt()  # (N, k), (k,)
+    return Xc.T @ P / s  # (d, k): v_j = X_c^T p_j / sigma_j
     # END SOLUTION
 
 
 # %%
-# self-check: same subspace as the SVD route
-assert principal_angles(pca_eigh(X, 6), pca(X, 6)[0]).max() < 1e-6
+# self-check on 40 digits (N = 40 < d = 64): same subspace as the package's SVD route
+assert principal_angles(pca_gram(X[:40], 6), pca(X[:40], 6)[0]).max() < 1e-6
 
 # %% tags=["hidden-test"] points=2
-Xt = torch.randn(200, 12, dtype=torch.float64) @ torch.randn(12, 12, dtype=torch.float64)
-Ut = pca_eigh(Xt, 4)
-assert Ut.shape == (12, 4)
+Xt = torch.randn(10, 50, dtype=torch.float64) @ torch.randn(50, 50, dtype=torch.float64)
+Ut = pca_gram(Xt, 4)
+assert Ut.shape == (50, 4)
 checks.cmp("orthonormal", Ut.T @ Ut, torch.eye(4, dtype=torch.float64), atol=1e-8)
 assert principal_angles(Ut[:, :1], pca(Xt, 1)[0]).max() < 1e-6, "first column must be the top direction"
+assert principal_angles(Ut, pca(Xt, 4)[0]).max() < 1e-6
 
 # %% [markdown]
 # ### Exercise 1.2 (derive)
 # Show that the squared reconstruction error of one sample, $\|x - UU^\top x\|^2$, equals
 # $\|x\|^2 - \|U^\top x\|^2$ for orthonormal $U$, and check it numerically on a digit.
 
+# %% [markdown] tags=["solution"]
+# Expand the square: $\|x - UU^\top x\|^2 = \|x\|^2 - 2x^\top UU^\top x + x^\top U(U^\top U)U^\top x$.
+# With $U^\top U = I_k$ the last term is $x^\top UU^\top x = \|U^\top x\|^2$, and the middle one is
+# $-2\|U^\top x\|^2$, so the error is $\|x\|^2 - \|U^\top x\|^2$. Geometrically, $UU^\top$ is the
+# orthogonal projector onto $\operatorname{span}(U)$ and $x = UU^\top x + (I - UU^\top)x$ splits $x$ into
+# orthogonal parts (Pythagoras); $\|UU^\top x\| = \|U^\top x\|$ because $U$ has orthonormal columns.
+# Orthonormality is used twice: for $U$ with columns of length 1.1 the identity fails (checked below).
+# Averaging over the samples gives (1.1).
+
 # %% tags=["solution"]
 x0 = Xc[0]
 Uk, _, _ = pca(X, 7)
 checks.cmp("||x - UU^T x||^2 == ||x||^2 - ||U^T x||^2", ((x0 - Uk @ Uk.T @ x0) ** 2).sum(), (x0**2).sum() - ((Uk.T @ x0) ** 2).sum(), rtol=1e-10)
+U_long = 1.1 * Uk  # not orthonormal: the identity must fail
+assert rejected("same identity for 1.1 U", ((x0 - U_long @ U_long.T @ x0) ** 2).sum(), (x0**2).sum() - ((U_long.T @ x0) ** 2).sum(), rtol=1e-10)
 
 # %% [markdown]
 # ### Exercise 1.3 (implement)
@@ -300,6 +418,39 @@ checks.cmp("whitened covariance == I (hidden)", Zt.T @ Zt / 300, torch.eye(3, dt
 # Why might a union of subspaces describe the data better than one subspace? (Chapter 03 returns
 # to this with the coding rate.)
 #
+# *Guidance.* Split the digits at random into 1200 training and 597 held-out images (fixed seed),
+# fit `NearestSubspace(k, center=True)` on the training part for $k \in \{1, 2, 3, 5, 8, 12, 20, 30\}$
+# and score the held-out part. For the second question, compare the held-out relative
+# reconstruction error when each image may use the best of the ten class subspaces of
+# dimension $k$ with that of one global PCA subspace of the same dimension $k$ (same number of
+# coefficients per image).
+
+# %% [markdown] tags=["solution"]
+# Accuracy rises from about 0.94 at $k = 1$ to about 0.99 at $k = 12$, then falls (about 0.96 at
+# $k = 30$): small subspaces miss the within-class variation, large ones start to contain
+# other classes' digits too (they overlap), so residuals stop telling classes apart. With $k$
+# coefficients per image the union of ten $k$-dimensional subspaces leaves a much smaller
+# held-out error than one $k$-dimensional subspace (about 0.21 against 0.46 of the energy at
+# $k = 5$): each class occupies its own low-dimensional piece, and one subspace must average
+# them. Numbers from this split:
+
+# %% tags=["solution"]
+from crate_lite.pca import NearestSubspace
+
+perm = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+tr, te = perm[:1200], perm[1200:]
+acc = {k_: NearestSubspace(k_, center=True).fit(X[tr], y[tr]).score(X[te], y[te]) for k_ in (1, 2, 3, 5, 8, 12, 20, 30)}
+print("held-out accuracy by per-class dimension:", {k_: round(a, 3) for k_, a in acc.items()})
+assert acc[12] > acc[1] + 0.03 and acc[12] > acc[30]
+ns5 = NearestSubspace(5, center=True).fit(X[tr], y[tr])
+U5g, _, mu_g = pca(X[tr], 5)
+energy_te = ((X[te] - mu_g) ** 2).sum(1).mean()
+err_union = float((ns5.residuals(X[te]).min(1).values ** 2).mean() / energy_te)
+err_one = float((((X[te] - mu_g) - (X[te] - mu_g) @ U5g @ U5g.T) ** 2).sum(1).mean() / energy_te)
+print(f"k = 5: held-out relative error, union of 10 class subspaces {err_union:.3f} vs one subspace {err_one:.3f}")
+assert err_union < 0.6 * err_one
+
+# %% [markdown]
 # ## References
 # - K. Pearson. *On lines and planes of closest fit to systems of points in space.* 1901.
 # - C. Eckart, G. Young. *The approximation of one matrix by another of lower rank.* Psychometrika, 1936.

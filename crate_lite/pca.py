@@ -15,7 +15,7 @@ from . import _validate as v
 
 
 def pca(X: torch.Tensor, k: int, *, center: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``k`` principal directions of ``X`` (N, d). Chapter 01, eq. (1.4).
+    """Top-``k`` principal directions of ``X`` (N, d). Chapter 01, eqs. (1.2)-(1.3).
 
     Returns components (d, k) with orthonormal columns, the variances along them (k,)
     (eigenvalues of the covariance (1/N) X_c^T X_c, largest first) and the mean (d,)
@@ -36,7 +36,7 @@ def subspace_iteration(
     C: torch.Tensor, k: int, n_iter: int = 100, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Orthonormal basis (d, k) of the top-``k`` eigenspace of a symmetric PSD ``C`` (d, d)
-    by block power iteration: Q <- qr(C Q). Chapter 01, eq. (1.6).
+    by block power iteration: Q <- qr(C Q). Chapter 01, eq. (1.4).
 
     The start Q_0 is a Gaussian (d, k) drawn on the CPU from ``generator`` (default: torch's
     global generator). The error in the subspace shrinks like (lambda_{k+1} / lambda_k)^n_iter.

@@ -93,19 +93,9 @@ R_col = 0.5 * torch.logdet(torch.eye(d, dtype=torch.float64) + alpha * Z_col @ Z
 checks.cmp("R(Z) columns by hand vs crate_lite rows", coding_rate(Z_row, eps), R_col, rtol=1e-12)
 
 
-def rejected(name: str, actual, expected, **tol) -> bool:
-    """True when checks.cmp rejects `actual` (used to show that a wrong variant fails a check)."""
-    try:
-        checks.cmp(name, actual, expected, quiet=True, **tol)
-    except AssertionError as err:
-        print("rejected as it should be:", str(err)[:90])
-        return True
-    return False
-
-
 alpha_slip = d / (N * eps)  # eps where eps^2 belongs
 R_slip = 0.5 * torch.logdet(torch.eye(d, dtype=torch.float64) + alpha_slip * Z_col @ Z_col.T)
-assert rejected("R with eps for eps^2", R_slip, R_col, rtol=1e-12)
+assert checks.rejects("R with eps for eps^2", R_slip, R_col, rtol=1e-12)
 R_transposed = 0.5 * torch.logdet(torch.eye(N, dtype=torch.float64) + alpha * Z_col.T @ Z_col)  # (N, N) Gram
 checks.cmp("transposed Gram, same value (Sylvester): invisible to a value check", R_transposed, R_col, rtol=1e-12)
 
@@ -128,12 +118,7 @@ for k in range(h):
     checks.cmp(f"Z U_{k} == head {k}", X @ U[k], heads[:, k], rtol=0, atol=0, quiet=k > 0)
 checks.check_shape("heads", heads, (B, h, N, p))
 wrong_heads = X.view(B, h, N, p)  # plausible slip: view as (B, h, N, p) without the transpose
-try:
-    checks.cmp("Z U_1 == head 1 for the view without transpose", X @ U[1], wrong_heads[:, 1], rtol=0, atol=0, quiet=True)
-except AssertionError as err:
-    print("rejected as it should be:", str(err)[:70])
-else:
-    raise AssertionError("the head split without transpose passed the check")
+assert checks.rejects("Z U_1 == head 1 for the view without transpose", X @ U[1], wrong_heads[:, 1], rtol=0, atol=0)
 
 # %% [markdown]
 # ## 0.4 Checks that can fail
@@ -182,6 +167,7 @@ else:
 # Write `to_columns(Z)` that turns a batch in the code layout `(B, N, d)` into the math layout
 # `(B, d, N)`, without copying data.
 
+
 # %%
 def to_columns(Z: torch.Tensor) -> torch.Tensor:
     # BEGIN SOLUTION
@@ -220,7 +206,7 @@ W = torch.randn(3, 5)
 Zr = torch.randn(4, 5)
 checks.cmp("F.linear(Z, W) == (W Z^T)^T", torch.nn.functional.linear(Zr, W), (W @ Zr.T).T, rtol=1e-6)
 W_sq = torch.randn(5, 5)
-assert rejected("F.linear(Z, W) vs Z @ W (square W)", torch.nn.functional.linear(Zr, W_sq), Zr @ W_sq, rtol=1e-6)
+assert checks.rejects("F.linear(Z, W) vs Z @ W (square W)", torch.nn.functional.linear(Zr, W_sq), Zr @ W_sq, rtol=1e-6)
 
 # %% [markdown]
 # ### Exercise 0.3 (explore)

@@ -67,6 +67,7 @@ torch.set_default_dtype(torch.float64)  # identities below hold to ~1e-12 in flo
 # they differ by exactly $\sum_i\frac12\log(1+\theta/\lambda_i)$, which vanishes at high resolution.
 # We check that with a from-scratch water-filling solver (bisection on $\theta$).
 
+
 # %%
 def water_filling_rate(lam: torch.Tensor, D: float) -> float:
     """R(D) of N(0, diag(lam)) by reverse water-filling: D_i = min(theta, lam_i), sum D_i = D."""
@@ -89,8 +90,12 @@ eps = 0.3
 d = lam.numel()
 theta = eps**2 / d  # per-coordinate distortion, below every lam_i
 gap = rate_population(torch.diag(lam), eps) - water_filling_rate(lam, d * theta)
-checks.cmp("R_eps(Sigma) - R(D) = sum 1/2 log(1 + theta/lam_i)", gap, float(0.5 * torch.log1p(theta / lam).sum()), rtol=1e-9)
-rec.log("rate gap eps-balls vs water-filling (5-dim Gaussian)", gap, unit="nats", data="synthetic spectrum", note="eps=0.3")
+checks.cmp(
+    "R_eps(Sigma) - R(D) = sum 1/2 log(1 + theta/lam_i)", gap, float(0.5 * torch.log1p(theta / lam).sum()), rtol=1e-9
+)
+rec.log(
+    "rate gap eps-balls vs water-filling (5-dim Gaussian)", gap, unit="nats", data="synthetic spectrum", note="eps=0.3"
+)
 
 # %% [markdown]
 # The sample version (2.3) estimates the population version (2.2): $\frac1N ZZ^\top\to\Sigma$, so for
@@ -98,6 +103,7 @@ rec.log("rate gap eps-balls vs water-filling (5-dim Gaussian)", gap, unit="nats"
 # eigenvalue of the sample covariance is off by a relative $\sqrt{2/N}$, so $R$ is off by about
 # $\sqrt{d/(2N)}$ nats. The check allows five times that; a wrong $\alpha$ (say $\epsilon$ for
 # $\epsilon^2$) misses by far more.
+
 
 # %%
 def rate_dd(Z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -115,21 +121,11 @@ r_sample, r_pop = float(rate_dd(Zmc, eps)), rate_population(Sigma, eps)
 checks.cmp("sample rate (2.3) -> population rate (2.2)", r_sample, r_pop, rtol=0, atol=5 * math.sqrt(d / (2 * n_mc)))
 
 
-def rejected(name: str, actual, expected, **tol) -> bool:
-    """True when checks.cmp rejects `actual` (used to show that a wrong variant fails a check)."""
-    try:
-        checks.cmp(name, actual, expected, quiet=True, **tol)
-    except AssertionError as err:
-        print("rejected as it should be:", str(err)[:90])
-        return True
-    return False
-
-
 # the slip of the text: eps where eps^2 belongs, i.e. alpha = d / (N eps) (eps = 0.3 < 1: too small)
 r_slip = float(0.5 * torch.linalg.slogdet(torch.eye(d) + d / (n_mc * eps) * Zmc.T @ Zmc).logabsdet)
-assert rejected("sample rate with eps for eps^2", r_slip, r_pop, rtol=0, atol=5 * math.sqrt(d / (2 * n_mc)))
+assert checks.rejects("sample rate with eps for eps^2", r_slip, r_pop, rtol=0, atol=5 * math.sqrt(d / (2 * n_mc)))
 # and the water-filling gap of (2.1)-(2.2) without its factor 1/2
-assert rejected("rate gap without the 1/2", gap, float(torch.log1p(theta / lam).sum()), rtol=1e-9)
+assert checks.rejects("rate gap without the 1/2", gap, float(torch.log1p(theta / lam).sum()), rtol=1e-9)
 rec.log("sample vs population rate, relative gap", abs(r_sample - r_pop) / r_pop, data=f"N={n_mc} Gaussian samples")
 
 # %% [markdown]
@@ -144,6 +140,7 @@ rec.log("sample vs population rate, relative gap", abs(r_sample - r_pop) / r_pop
 # Forming the $d\times d$ matrix costs $O(Nd^2)$ and its factorisation $O(d^3)$; the $N\times N$ form
 # costs $O(N^2d)+O(N^3)$. Use the $d\times d$ form when $d\le N$, the $N\times N$ form otherwise: a
 # few tokens of a wide embedding (attention heads, chapter 06) are the $N\ll d$ case.
+
 
 # %%
 def rate_nn(Z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -160,7 +157,7 @@ for N_, d_ in [(8, 50), (50, 8), (20, 20)]:
     checks.cmp("  from scratch vs crate_lite.coding_rate", coding_rate(Z, 0.5), rate_nn(Z, 0.5), rtol=1e-12)
     # plausible slip: scale alpha by the size of the Gram matrix used, N / (d eps^2)
     wrong_nn = 0.5 * torch.linalg.slogdet(torch.eye(N_) + N_ / (d_ * 0.5**2) * Z @ Z.T).logabsdet
-    assert N_ == d_ or rejected("  N x N form with alpha = N / (d eps^2)", wrong_nn, rate_dd(Z, 0.5), rtol=1e-12)
+    assert N_ == d_ or checks.rejects("  N x N form with alpha = N / (d eps^2)", wrong_nn, rate_dd(Z, 0.5), rtol=1e-12)
 
 # %% [markdown]
 # How much the right form saves, measured here (a single run on a shared CPU, so only the order of
@@ -169,11 +166,17 @@ for N_, d_ in [(8, 50), (50, 8), (20, 20)]:
 # %%
 N_, d_ = profiles.pick(smoke=(32, 1024), cpu=(64, 2048))
 Z = torch.randn(N_, d_) / math.sqrt(d_)
-t0 = time.perf_counter(); r1 = rate_dd(Z, 0.5); t_dd = time.perf_counter() - t0
-t0 = time.perf_counter(); r2 = rate_nn(Z, 0.5); t_nn = time.perf_counter() - t0
+t0 = time.perf_counter()
+r1 = rate_dd(Z, 0.5)
+t_dd = time.perf_counter() - t0
+t0 = time.perf_counter()
+r2 = rate_nn(Z, 0.5)
+t_nn = time.perf_counter() - t0
 checks.cmp("same value from both forms", r1, r2, rtol=1e-10)
 print(f"N={N_}, d={d_}: d x d form {1e3 * t_dd:.1f} ms, N x N form {1e3 * t_nn:.2f} ms ({t_dd / t_nn:.0f}x)")
-rec.log(f"time ratio d x d / N x N at N={N_}, d={d_}", t_dd / t_nn, unit="x", data="Gaussian", note="one run, shared CPU")
+rec.log(
+    f"time ratio d x d / N x N at N={N_}, d={d_}", t_dd / t_nn, unit="x", data="Gaussian", note="one run, shared CPU"
+)
 
 # %% [markdown]
 # ## 2.3 Computing $R$ robustly
@@ -207,6 +210,7 @@ naive = torch.log(torch.det(torch.eye(64) + 64 / (200 * 0.5**2) * Zbig.T @ Zbig)
 print(f"log(det(M)) = {float(naive)}   vs   2 R from crate_lite: {2 * float(coding_rate(Zbig, 0.5)):.2f}")
 assert not torch.isfinite(naive), "det did not overflow: make the example larger"
 
+
 # %%
 def rate_qr(Z: torch.Tensor, eps: float) -> torch.Tensor:
     """Eq. (2.5) from scratch: QR of [I_n; sqrt(alpha) X], X the taller of Z and Z^T."""
@@ -229,9 +233,14 @@ Zdef = 1e4 * torch.randn(60, 3) @ torch.randn(3, 40)  # rank 3, entries ~1e4
 for Zt in (Zdef, Zdef.T):
     checks.cmp(f"QR form (2.5) vs SVD form (2.6), Z {tuple(Zt.shape)}", rate_qr(Zt, 0.1), rate_svd(Zt, 0.1), rtol=1e-10)
 # plausible slips fail the same comparison: 1/2 log|R_ii| (halving twice) and sigma for sigma^2
-assert rejected("QR form halved twice", 0.5 * rate_qr(Zdef, 0.1), rate_svd(Zdef, 0.1), rtol=1e-10)
+assert checks.rejects("QR form halved twice", 0.5 * rate_qr(Zdef, 0.1), rate_svd(Zdef, 0.1), rtol=1e-10)
 s_def = torch.linalg.svdvals(Zdef)
-assert rejected("SVD form with sigma, not sigma^2", 0.5 * torch.log1p(40 / (60 * 0.1**2) * s_def).sum(), rate_qr(Zdef, 0.1), rtol=1e-10)
+assert checks.rejects(
+    "SVD form with sigma, not sigma^2",
+    0.5 * torch.log1p(40 / (60 * 0.1**2) * s_def).sum(),
+    rate_qr(Zdef, 0.1),
+    rtol=1e-10,
+)
 err_dd = abs(float(rate_dd(Zdef, 0.1) - rate_svd(Zdef, 0.1))) / float(rate_svd(Zdef, 0.1))
 print(f"float64 slogdet of the rounded Gram matrix (2.3): rel. error {err_dd:.1e}")
 
@@ -244,7 +253,13 @@ print(f"rank 3, entries 1e4, float32: naive slogdet rel. error {err_naive:.1e}")
 assert err_naive > 1e-3, "the naive float32 evaluation was accurate: the example no longer shows the problem"
 checks.cmp("crate_lite float32 vs SVD form (2.6)", coding_rate(Z32, 0.1), truth, rtol=1e-5)
 checks.cmp("crate_lite float64 vs SVD form (2.6)", coding_rate(Zdef, 0.1), rate_svd(Zdef, 0.1), rtol=1e-10)
-checks.cmp("tiny Z (1e-9): crate_lite vs (2.6)", coding_rate(1e-9 * Zmc[:50], 0.5), rate_svd(1e-9 * Zmc[:50], 0.5), rtol=1e-10, atol=0)
+checks.cmp(
+    "tiny Z (1e-9): crate_lite vs (2.6)",
+    coding_rate(1e-9 * Zmc[:50], 0.5),
+    rate_svd(1e-9 * Zmc[:50], 0.5),
+    rtol=1e-10,
+    atol=0,
+)
 assert float(coding_rate(torch.zeros(7, 3), 0.5)) == 0.0
 rec.log("naive float32 slogdet rel. error, rank-3 Z with 1e4 entries", err_naive, data="synthetic", note="eps=0.1")
 rec.log("naive float64 slogdet rel. error, rank-3 Z with 1e4 entries", err_dd, data="synthetic", note="eps=0.1")
@@ -279,6 +294,7 @@ assert abs(float(coding_rate(Z @ D, 0.5) - coding_rate(Z, 0.5))) > 0.1
 # $\frac r2\log\frac{d}{r\epsilon^2}$: each halving of $\epsilon$ costs $r\log 2$ more nats. The slope
 # of $R$ against $\log\epsilon$ tends to $-r$: the coding rate *counts dimensions*.
 
+
 # %%
 def with_spectrum(sigma: torch.Tensor, N: int, d: int) -> torch.Tensor:
     """A (N, d) matrix with singular values sigma (r,), random singular vectors."""
@@ -296,7 +312,9 @@ for r in [1, 4, 16]:
     Zr = with_spectrum(torch.full((r,), math.sqrt(N / r)), N, d)  # rank r, ||Z||_F^2 = N
     checks.cmp(f"rank {r}: eq. (2.7)", coding_rate(Zr, 0.5), r / 2 * math.log1p(d / (r * 0.5**2)), rtol=1e-12)
     # plausible slip: forgetting that each of the r directions carries only N / r of the energy
-    assert r == 1 or rejected(f"rank {r}: (2.7) without the 1/r inside", coding_rate(Zr, 0.5), r / 2 * math.log1p(d / 0.5**2), rtol=1e-12)
+    assert r == 1 or checks.rejects(
+        f"rank {r}: (2.7) without the 1/r inside", coding_rate(Zr, 0.5), r / 2 * math.log1p(d / 0.5**2), rtol=1e-12
+    )
 
 # %% [markdown]
 # The figure: $R_\epsilon$ against $\epsilon$ for ranks 1, 2, 4, 8, 16 ($N=100$, $d=16$), markers from
@@ -336,17 +354,32 @@ R_k = torch.stack([coding_rate(Zd[y == k], eps) for k in range(10)])  # (10,)
 N_k = torch.bincount(y, minlength=10).double()
 Rc_scratch = float((N_k / len(y) * R_k).sum())
 checks.cmp("R^c: per-class loop vs crate_lite.class_coding_rate", class_coding_rate(Zd, y, eps), Rc_scratch, rtol=1e-12)
-assert rejected("R^c as the unweighted mean of the class rates", class_coding_rate(Zd, y, eps), float(R_k.mean()), rtol=1e-12)
+assert checks.rejects(
+    "R^c as the unweighted mean of the class rates", class_coding_rate(Zd, y, eps), float(R_k.mean()), rtol=1e-12
+)
 dR_true = R_all - Rc_scratch
 y_shuffled = y[torch.randperm(len(y))]
 dR_rand = float(rate_reduction(Zd, y_shuffled, eps))
-Rc_shuffled = sum(float((y_shuffled == k).sum()) / len(y) * float(coding_rate(Zd[y_shuffled == k], eps)) for k in range(10))
-checks.cmp("crate_lite.rate_reduction (shuffled labels) vs R - R^c by hand", dR_rand, R_all - Rc_shuffled, rtol=1e-10, atol=1e-12)
+Rc_shuffled = sum(
+    float((y_shuffled == k).sum()) / len(y) * float(coding_rate(Zd[y_shuffled == k], eps)) for k in range(10)
+)
+checks.cmp(
+    "crate_lite.rate_reduction (shuffled labels) vs R - R^c by hand",
+    dR_rand,
+    R_all - Rc_shuffled,
+    rtol=1e-10,
+    atol=1e-12,
+)
 print(f"R(all) = {R_all:.2f}, per class {float(R_k.min()):.2f}..{float(R_k.max()):.2f}, R^c = {Rc_scratch:.2f} nats")
 print(f"Delta R: true labels {dR_true:.2f}, shuffled labels {dR_rand:.2f} nats")
 assert dR_true >= 0 and dR_rand >= -1e-9, "R >= R^c failed: concavity of logdet violated"
 assert dR_true > 5 * dR_rand, "true classes should be far more compressible than random groups"
-for name, val in [("R(all) digits", R_all), ("R^c digits", Rc_scratch), ("Delta R digits, true labels", dR_true), ("Delta R digits, shuffled labels", dR_rand)]:
+for name, val in [
+    ("R(all) digits", R_all),
+    ("R^c digits", Rc_scratch),
+    ("Delta R digits, true labels", dR_true),
+    ("Delta R digits, shuffled labels", dR_rand),
+]:
     rec.log(name, val, unit="nats", data="sklearn digits, unit-norm rows", note="eps=0.5")
 
 # %%
@@ -354,7 +387,9 @@ fig, ax = plot.subplots(1, 1, width=6)
 ax.bar(range(10), R_k, color="#1f77b4", label=r"$R_\epsilon(Z_k)$, one class")
 ax.axhline(R_all, c="#d62728", label=r"$R_\epsilon(Z)$, all classes")
 ax.axhline(Rc_scratch, c="#2ca02c", ls="--", label=r"$R^c$, size-weighted mean")
-ax.set(xticks=range(10), xlabel="digit class $k$", ylabel="nats", title=r"digits, $\epsilon=0.5$", ylim=(0, 1.35 * R_all))
+ax.set(
+    xticks=range(10), xlabel="digit class $k$", ylabel="nats", title=r"digits, $\epsilon=0.5$", ylim=(0, 1.35 * R_all)
+)
 ax.legend(loc="upper center", ncol=3, fontsize=8)  # above the bars and the R line
 plt.show()
 
@@ -371,6 +406,7 @@ plt.show()
 # gradient reads $\alpha Z(I_d+\alpha Z^\top Z)^{-1}=\alpha(I_N+\alpha ZZ^\top)^{-1}Z$ (push-through identity).
 # We check the closed form against autograd of the notebook's `rate_dd` and against central
 # finite differences (`checks.check_grad`), then against `crate_lite.coding_rate_grad`.
+
 
 # %%
 def rate_grad_scratch(Z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -464,6 +500,7 @@ checks.cmp("equality for an isotropic spectrum", coding_rate(Zeq, 0.5), 8 / 2 * 
 # (`torch.linalg.eigvalsh`), summed with `torch.log1p`, for `Z` of shape `(N, d)`. Why clamp the
 # eigenvalues at 0 before `log1p`?
 
+
 # %%
 def rate_eig(Z: torch.Tensor, eps: float) -> torch.Tensor:
     N, d = Z.shape
@@ -490,6 +527,7 @@ assert float(rate_eig(torch.zeros(4, 6), 0.5)) == 0.0
 # Write `rate_grad_nn(Z, eps)`: the gradient (2.8) in row layout using the $N\times N$ system,
 # $\alpha(I_N+\alpha ZZ^\top)^{-1}Z$ for `Z` of shape `(N, d)`, solved with a Cholesky factor
 # (`torch.linalg.cholesky`, `torch.cholesky_solve`). Which is cheaper for $N=8$, $d=1000$?
+
 
 # %%
 def rate_grad_nn(Z: torch.Tensor, eps: float) -> torch.Tensor:

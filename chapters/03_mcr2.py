@@ -40,17 +40,6 @@ device = utils.setup(seed=0, threads=1)
 rec = Recorder("03_mcr2")
 
 
-# %%
-def must_fail(what: str, check) -> None:
-    """Run ``check`` on a deliberately wrong variant of a derived object: it must raise."""
-    try:
-        check()
-    except AssertionError as err:
-        print(f"wrong variant '{what}' fails, as it must: {str(err).splitlines()[0][:100]}")
-        return
-    raise RuntimeError(f"the check did not catch the wrong variant '{what}'")
-
-
 # %% [markdown]
 # ## 3.1 Rate reduction
 #
@@ -74,6 +63,7 @@ def must_fail(what: str, check) -> None:
 # (large $R$: features spread over many directions, *diverse*), each class cheap (small
 # $R^c$: each class in a small subspace, *compressed*). The code below is (3.1)-(3.3)
 # written from scratch in the column convention of the math.
+
 
 # %%
 def delta_r_scratch(Zc: torch.Tensor, Pi: torch.Tensor, eps: float) -> torch.Tensor:
@@ -112,11 +102,23 @@ Pi_hard = torch.nn.functional.one_hot(y, 3).to(torch.float64)
 
 # %%
 eps = 0.5
-checks.cmp("hard labels: scratch vs crate_lite", rate_reduction(Z, y, eps), delta_r_scratch(Z.T, Pi_hard, eps), rtol=1e-10)
-checks.cmp("soft memberships: scratch vs crate_lite", rate_reduction(Z, Pi_soft, eps), delta_r_scratch(Z.T, Pi_soft, eps), rtol=1e-10)
+checks.cmp(
+    "hard labels: scratch vs crate_lite", rate_reduction(Z, y, eps), delta_r_scratch(Z.T, Pi_hard, eps), rtol=1e-10
+)
+checks.cmp(
+    "soft memberships: scratch vs crate_lite",
+    rate_reduction(Z, Pi_soft, eps),
+    delta_r_scratch(Z.T, Pi_soft, eps),
+    rtol=1e-10,
+)
 checks.cmp("one-hot soft = hard", rate_reduction(Z, Pi_hard, eps), rate_reduction(Z, y, eps), rtol=1e-12)
 uniform = torch.full((60, 3), 1 / 3, dtype=torch.float64)
-checks.cmp("uniform memberships: Delta R = 0", rate_reduction(Z, uniform, eps), torch.tensor(0.0, dtype=torch.float64), atol=1e-12)
+checks.cmp(
+    "uniform memberships: Delta R = 0",
+    rate_reduction(Z, uniform, eps),
+    torch.tensor(0.0, dtype=torch.float64),
+    atol=1e-12,
+)
 
 
 # %%
@@ -134,11 +136,20 @@ def delta_r_spectrum(Z: torch.Tensor, y: torch.Tensor, eps: float, *, weighted: 
 
 
 checks.cmp("Delta R: crate_lite vs singular values", rate_reduction(Z, y, eps), delta_r_spectrum(Z, y, eps), rtol=1e-10)
-must_fail("class weight N_k/N forgotten", lambda: checks.cmp(
-    "Delta R vs singular values, unweighted classes", rate_reduction(Z, y, eps), delta_r_spectrum(Z, y, eps, weighted=False), rtol=1e-10))
+checks.must_fail(
+    "class weight N_k/N forgotten",
+    lambda: checks.cmp(
+        "Delta R vs singular values, unweighted classes",
+        rate_reduction(Z, y, eps),
+        delta_r_spectrum(Z, y, eps, weighted=False),
+        rtol=1e-10,
+    ),
+)
 y_random = torch.randint(3, (60,), generator=torch.Generator().manual_seed(1))
-print(f"Delta R with the labels {float(rate_reduction(Z, y, eps)):.4f}, with random labels "
-      f"{float(rate_reduction(Z, y_random, eps)):.4f} nats: both >= 0, as Jensen says")
+print(
+    f"Delta R with the labels {float(rate_reduction(Z, y, eps)):.4f}, with random labels "
+    f"{float(rate_reduction(Z, y_random, eps)):.4f} nats: both >= 0, as Jensen says"
+)
 
 # %% [markdown]
 # ## 3.2 Why the features must be normalized
@@ -169,13 +180,22 @@ scales = torch.tensor([1.0, 10.0, 100.0, 1e3, 1e4], dtype=torch.float64)
 dr_scaled = torch.stack([rate_reduction(c * Zstar, y3, eps3) for c in scales])
 formula = K / 2 * torch.log1p(scales**2 * d / (K * eps3**2)) - 0.5 * torch.log1p(scales**2 * d / eps3**2)  # (3.4)
 checks.cmp("Delta R(cZ) vs (3.4)", dr_scaled, formula, rtol=1e-9)
-checks.cmp("mcr2_loss without normalization vs -(3.4)", mcr2.mcr2_loss(scales[:, None, None] * Zstar, y3, eps3, normalize=False),
-           -formula, rtol=1e-9)  # (5, N, d) batch: the loss grows without bound, hence normalize=True by default
+checks.cmp(
+    "mcr2_loss without normalization vs -(3.4)",
+    mcr2.mcr2_loss(scales[:, None, None] * Zstar, y3, eps3, normalize=False),
+    -formula,
+    rtol=1e-9,
+)  # (5, N, d) batch: the loss grows without bound, hence normalize=True by default
 slope = (dr_scaled[-1] - dr_scaled[-2]) / math.log(10)
 checks.cmp("slope d Delta R / d log c -> K - 1", slope, torch.tensor(K - 1.0, dtype=torch.float64), rtol=1e-3)
 for c, val in zip(scales.tolist(), dr_scaled.tolist()):
     print(f"c = {c:>7g}: Delta R = {val:.4f} nats")
-rec.log("Delta R(cZ*) at c=1e4 (unnormalized)", float(dr_scaled[-1]), unit="nats", data="3 orthogonal rank-1 classes, eps^2=0.1")
+rec.log(
+    "Delta R(cZ*) at c=1e4 (unnormalized)",
+    float(dr_scaled[-1]),
+    unit="nats",
+    data="3 orthogonal rank-1 classes, eps^2=0.1",
+)
 
 # %% [markdown]
 # The same happens to an optimizer. Plain gradient ascent on $\Delta R$ (no projection) from
@@ -189,7 +209,9 @@ for _ in range(profiles.pick(smoke=200, cpu=1000)):
     Zfree = Zfree + 0.03 * Zfree.shape[0] * mcr2.rate_reduction_grad(Zfree, y3, eps3)
     free_hist.append(float(rate_reduction(Zfree, y3, eps3)))
     free_norm.append(float(Zfree.norm(dim=1).mean()))
-print(f"unconstrained ascent: Delta R {free_hist[0]:.3f} -> {free_hist[-1]:.3f} nats, mean ||z|| 1 -> {free_norm[-1]:.2f}")
+print(
+    f"unconstrained ascent: Delta R {free_hist[0]:.3f} -> {free_hist[-1]:.3f} nats, mean ||z|| 1 -> {free_norm[-1]:.2f}"
+)
 assert free_hist[-1] > mcr2.orthogonal_optimum(K, d, eps3) + 2.0, "expected Delta R to exceed the constrained optimum"
 assert all(b > a for a, b in zip(free_norm[10:], free_norm[11:])), "expected the norms to keep growing"
 assert free_norm[-1] > 3.0, f"expected the features to inflate, mean norm {free_norm[-1]:.2f}"
@@ -276,9 +298,15 @@ checks.cmp("(3.6) vs the value quoted above", opt, 1.879849, atol=5e-7)
 Q = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))[0]  # random rotation
 dr_star = rate_reduction(Zstar @ Q, y3, eps3)  # rotated orthogonal lines, random signs
 checks.cmp("Delta R of orthogonal rank-1 classes vs (3.6)", dr_star, torch.tensor(opt, dtype=torch.float64), rtol=1e-10)
-checks.cmp("same, from-scratch (3.3)", delta_r_scratch((Zstar @ Q).T, torch.nn.functional.one_hot(y3).double(), eps3), dr_star, rtol=1e-10)
-rec.log("Delta R orthogonal rank-1 optimum (K=d=3, eps^2=0.1)", float(dr_star), unit="nats", data="synthetic +-e_k, rotated")
-
+checks.cmp(
+    "same, from-scratch (3.3)",
+    delta_r_scratch((Zstar @ Q).T, torch.nn.functional.one_hot(y3).double(), eps3),
+    dr_star,
+    rtol=1e-10,
+)
+rec.log(
+    "Delta R orthogonal rank-1 optimum (K=d=3, eps^2=0.1)", float(dr_star), unit="nats", data="synthetic +-e_k, rotated"
+)
 
 
 # %%
@@ -298,10 +326,18 @@ def optimum_no_K(K: int, d: int, eps: float, r: int = 1) -> float:
 
 
 Z22, y22 = orthogonal_config([2, 2], 4)  # two orthogonal planes in R^4, equal singular values
-checks.cmp("(3.6) rank 2: crate_lite vs Delta R of two orthogonal planes", mcr2.orthogonal_optimum(2, 4, eps3, rank=2),
-           rate_reduction(Z22, y22, eps3), rtol=1e-10)
-must_fail("(3.6) without the 1/K", lambda: checks.cmp(
-    "(3.6) without 1/K vs Delta R of orthogonal lines", optimum_no_K(K, d, eps3), dr_star, rtol=1e-10))
+checks.cmp(
+    "(3.6) rank 2: crate_lite vs Delta R of two orthogonal planes",
+    mcr2.orthogonal_optimum(2, 4, eps3, rank=2),
+    rate_reduction(Z22, y22, eps3),
+    rtol=1e-10,
+)
+checks.must_fail(
+    "(3.6) without the 1/K",
+    lambda: checks.cmp(
+        "(3.6) without 1/K vs Delta R of orthogonal lines", optimum_no_K(K, d, eps3), dr_star, rtol=1e-10
+    ),
+)
 
 # %% [markdown]
 # Step (ii) in numbers, on two equal classes in $d = 3$ (so $\gamma_k = \frac12$, $b = 3/\epsilon^2$).
@@ -309,6 +345,7 @@ must_fail("(3.6) without the 1/K", lambda: checks.cmp(
 # two lines $\frac12\big(h(1) + h(1)\big)$, against `rate_reduction` on the actual features. Then the
 # sign of $h''$ changes at $t^\ast$, the best split of a plane's energy ($t, 1 - t$) is equal for
 # small $\epsilon$ and all-on-one-axis for large $\epsilon$, and $\phi(2) = \phi(1)$ at $\epsilon^2 = 0.6885$.
+
 
 # %%
 def h_class(t: torch.Tensor, gamma_k: float, b: float) -> torch.Tensor:
@@ -321,9 +358,15 @@ for e2 in (1.0, 0.1):
     b = 3 / e2
     Zpl, ypl = orthogonal_config([2, 1], 3)
     Zll, yll = orthogonal_config([1, 1], 3)
-    checks.cmp(f"(3.6a) plane + line, eps^2={e2}", rate_reduction(Zpl, ypl, math.sqrt(e2)),
-               0.5 * (2 * h_class(t_half, 0.5, b) + h_class(t_one, 0.5, b)), rtol=1e-10)
-    checks.cmp(f"(3.6a) two lines, eps^2={e2}", rate_reduction(Zll, yll, math.sqrt(e2)), h_class(t_one, 0.5, b), rtol=1e-10)
+    checks.cmp(
+        f"(3.6a) plane + line, eps^2={e2}",
+        rate_reduction(Zpl, ypl, math.sqrt(e2)),
+        0.5 * (2 * h_class(t_half, 0.5, b) + h_class(t_one, 0.5, b)),
+        rtol=1e-10,
+    )
+    checks.cmp(
+        f"(3.6a) two lines, eps^2={e2}", rate_reduction(Zll, yll, math.sqrt(e2)), h_class(t_one, 0.5, b), rtol=1e-10
+    )
     t = torch.linspace(0.01, 0.99, 99, dtype=torch.float64).requires_grad_(True)
     (dh,) = torch.autograd.grad(h_class(t, 0.5, b).sum(), t, create_graph=True)
     (d2h,) = torch.autograd.grad(dh.sum(), t)
@@ -356,6 +399,7 @@ rec.log("plane-vs-line crossover eps^2 (2 equal classes, d=3)", lo, data="closed
 # the orthogonal lines of (3.6) meet (3.6b) exactly. The tempting variant with $d/(K\epsilon^2)$
 # fails on the same data once $K > d$.
 
+
 # %%
 def rate_bounds(d: int, eps: float) -> tuple[float, float]:
     """(3.6b): the upper bound on R and the lower bound on R^c for unit-norm features in R^d."""
@@ -366,7 +410,9 @@ R_max, Rc_min = rate_bounds(3, eps3)
 checks.cmp("(3.6b) vs (3.6) at K = d = 3, r = 1", R_max - Rc_min, opt, rtol=1e-12)
 gb = torch.Generator().manual_seed(3)
 Zb3 = torch.nn.functional.normalize(torch.randn(60, 3, generator=gb, dtype=torch.float64), dim=1)
-for memb in [torch.randint(Kb, (60,), generator=gb) for Kb in (2, 3, 6)] + [torch.softmax(3 * torch.randn(60, 4, generator=gb, dtype=torch.float64), 1)]:
+for memb in [torch.randint(Kb, (60,), generator=gb) for Kb in (2, 3, 6)] + [
+    torch.softmax(3 * torch.randn(60, 4, generator=gb, dtype=torch.float64), 1)
+]:
     Rb, Rcb = float(coding_rate(Zb3, eps3)), float(class_coding_rate(Zb3, memb, eps3))
     assert Rb <= R_max and Rcb >= Rc_min and Rb - Rcb <= opt, (Rb, Rcb)
 print(f"random features: R = {Rb:.4f} <= {R_max:.4f}, R^c = {Rcb:.4f} >= {Rc_min:.4f}")
@@ -377,7 +423,7 @@ def check_wrong_rate_bound() -> None:
     assert float(coding_rate(Zb3, eps3)) <= wrong, f"R = {float(coding_rate(Zb3, eps3)):.4f} > {wrong:.4f} with K = 6"
 
 
-must_fail("R <= (d/2) log(1 + d/(K eps^2))", check_wrong_rate_bound)
+checks.must_fail("R <= (d/2) log(1 + d/(K eps^2))", check_wrong_rate_bound)
 
 # %% [markdown]
 # Now the inequality of step (i), on random classes, and what tilting the lines costs: with
@@ -387,10 +433,14 @@ must_fail("R <= (d/2) log(1 + d/(K eps^2))", check_wrong_rate_bound)
 Zr = torch.randn(30, 6, generator=g, dtype=torch.float64)
 yr = torch.arange(3).repeat_interleave(10)
 alpha = 6 / (30 * 0.5**2)
-parts = sum(0.5 * torch.logdet(torch.eye(6, dtype=torch.float64) + alpha * Zr[yr == k].T @ Zr[yr == k]) for k in range(3))
+parts = sum(
+    0.5 * torch.logdet(torch.eye(6, dtype=torch.float64) + alpha * Zr[yr == k].T @ Zr[yr == k]) for k in range(3)
+)
 assert float(coding_rate(Zr, 0.5)) < float(parts) - 1e-3, "subadditivity of R over classes failed"
 Zo = torch.eye(6, dtype=torch.float64)[2 * yr]  # (N, 6): class k on the line e_{2k}, orthogonal
-parts_o = sum(0.5 * torch.logdet(torch.eye(6, dtype=torch.float64) + alpha * Zo[yr == k].T @ Zo[yr == k]) for k in range(3))
+parts_o = sum(
+    0.5 * torch.logdet(torch.eye(6, dtype=torch.float64) + alpha * Zo[yr == k].T @ Zo[yr == k]) for k in range(3)
+)
 checks.cmp("orthogonal classes: equality in step (i)", coding_rate(Zo, 0.5), parts_o, rtol=1e-10)
 for theta in (30.0, 60.0, 85.0):
     t = math.radians(theta)
@@ -425,6 +475,7 @@ for theta in (30.0, 60.0, 85.0):
 # The factor $N$ makes the step size independent of the number of samples (the gradient of
 # each sample scales like $\alpha \propto 1/N$).
 
+
 # %%
 def grad_delta_r_scratch(Zc: torch.Tensor, Pi: torch.Tensor, eps: float, mistake: str = "") -> torch.Tensor:
     """Eq. (3.7), columns are samples: Zc (d, N), Pi (N, K); returns (d, N). ``mistake``
@@ -444,11 +495,21 @@ def grad_delta_r_scratch(Zc: torch.Tensor, Pi: torch.Tensor, eps: float, mistake
 Zs = torch.randn(12, 4, generator=g, dtype=torch.float64)  # (N, d)
 Ps = torch.softmax(torch.randn(12, 3, generator=g, dtype=torch.float64), dim=1)
 checks.check_grad("(3.7) soft", lambda X: rate_reduction(X, Ps, 0.5), Zs, grad_delta_r_scratch(Zs.T, Ps, 0.5).T)
-checks.cmp("(3.7) scratch vs crate_lite", mcr2.rate_reduction_grad(Zs, Ps, 0.5), grad_delta_r_scratch(Zs.T, Ps, 0.5).T, rtol=1e-10)
+checks.cmp(
+    "(3.7) scratch vs crate_lite",
+    mcr2.rate_reduction_grad(Zs, Ps, 0.5),
+    grad_delta_r_scratch(Zs.T, Ps, 0.5).T,
+    rtol=1e-10,
+)
 Zs_ = Zs.clone().requires_grad_(True)
 (auto_dr,) = torch.autograd.grad(rate_reduction(Zs_, Ps, 0.5), Zs_)
 for mistake in ("half", "no gamma"):
-    must_fail(f"(3.7) {mistake}", lambda: checks.cmp(f"(3.7) {mistake} vs autograd", grad_delta_r_scratch(Zs.T, Ps, 0.5, mistake).T, auto_dr, rtol=1e-8))
+    checks.must_fail(
+        f"(3.7) {mistake}",
+        lambda: checks.cmp(
+            f"(3.7) {mistake} vs autograd", grad_delta_r_scratch(Zs.T, Ps, 0.5, mistake).T, auto_dr, rtol=1e-8
+        ),
+    )
 
 # %% [markdown]
 # Now the experiment of the theorem: $K = 3$ classes of random points on the unit sphere
@@ -461,12 +522,21 @@ n_iter = profiles.pick(smoke=150, cpu=300)
 ys = torch.arange(K).repeat_interleave(n_sphere)
 Z0 = torch.nn.functional.normalize(torch.randn(K * n_sphere, 3, generator=g, dtype=torch.float64), dim=1)
 N = Z0.shape[0]
-one = torch.nn.functional.normalize(Z0 + 0.03 * N * grad_delta_r_scratch(Z0.T, torch.nn.functional.one_hot(ys).double(), eps3).T, dim=1)
-checks.cmp("one step of (3.8): scratch vs crate_lite", mcr2.sphere_gradient_ascent(Z0, ys, eps3, step_size=0.03, n_iter=1)[0], one, rtol=1e-10)
+one = torch.nn.functional.normalize(
+    Z0 + 0.03 * N * grad_delta_r_scratch(Z0.T, torch.nn.functional.one_hot(ys).double(), eps3).T, dim=1
+)
+checks.cmp(
+    "one step of (3.8): scratch vs crate_lite",
+    mcr2.sphere_gradient_ascent(Z0, ys, eps3, step_size=0.03, n_iter=1)[0],
+    one,
+    rtol=1e-10,
+)
 Zfin, hist = mcr2.sphere_gradient_ascent(Z0, ys, eps3, step_size=0.03, n_iter=n_iter)
 angles = mcr2.class_principal_angles(Zfin, ys, k=1)
 min_angle = float(angles[~torch.eye(K, dtype=torch.bool)].min())
-print(f"Delta R: {hist[0]:.4f} -> {hist[-1]:.6f} nats (optimum {opt:.6f}); smallest step change {float(hist.diff().min()):.2e}")
+print(
+    f"Delta R: {hist[0]:.4f} -> {hist[-1]:.6f} nats (optimum {opt:.6f}); smallest step change {float(hist.diff().min()):.2e}"
+)
 print("principal angles between class lines (deg):\n", angles.numpy().round(2))
 
 # %%
@@ -475,7 +545,13 @@ assert abs(float(hist[-1]) - opt) < 1e-3, f"did not approach the optimum: {float
 assert float(hist.max()) <= opt + 1e-9, "exceeded the bound (3.6b), which holds for all unit-norm features"
 assert min_angle >= 80.0, f"class subspaces not near-orthogonal: {min_angle:.2f} deg"
 checks.cmp("features stay on the sphere", Zfin.norm(dim=1), torch.ones(N, dtype=torch.float64), rtol=1e-12)
-rec.log("sphere ascent Delta R final", float(hist[-1]), unit="nats", data=f"random S^2, 3 x {n_sphere}, eps^2=0.1", note=f"{n_iter} iterations, step size 0.03")
+rec.log(
+    "sphere ascent Delta R final",
+    float(hist[-1]),
+    unit="nats",
+    data=f"random S^2, 3 x {n_sphere}, eps^2=0.1",
+    note=f"{n_iter} iterations, step size 0.03",
+)
 rec.log("sphere ascent min principal angle", min_angle, unit="deg", data=f"random S^2, 3 x {n_sphere}")
 
 # %%
@@ -534,8 +610,11 @@ EPS_D, FEAT, HIDDEN, K_SUB = math.sqrt(0.5), 32, 256, 3
 STEPS = profiles.pick(smoke=60, cpu=600)
 BATCH = 512
 
+
 # %%
-def train(model: torch.nn.Module, loss_fn, steps: int, labels: torch.Tensor | None = None, seed: int = 0) -> list[float]:
+def train(
+    model: torch.nn.Module, loss_fn, steps: int, labels: torch.Tensor | None = None, seed: int = 0
+) -> list[float]:
     """Adam on random mini-batches of the training digits (with ``labels``, default the
     clean ``ytr``); returns the loss per step."""
     labels = ytr if labels is None else labels
@@ -556,8 +635,12 @@ def train(model: torch.nn.Module, loss_fn, steps: int, labels: torch.Tensor | No
 
 Zraw = 3 * torch.randn(40, FEAT, generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # rows of any norm
 yraw = torch.arange(40) % 10
-checks.cmp("mcr2_loss vs -(3.3) of the row-normalized features", mcr2.mcr2_loss(Zraw, yraw, EPS_D),
-           -delta_r_scratch(torch.nn.functional.normalize(Zraw, dim=1).T, torch.nn.functional.one_hot(yraw).double(), EPS_D), rtol=1e-10)
+checks.cmp(
+    "mcr2_loss vs -(3.3) of the row-normalized features",
+    mcr2.mcr2_loss(Zraw, yraw, EPS_D),
+    -delta_r_scratch(torch.nn.functional.normalize(Zraw, dim=1).T, torch.nn.functional.one_hot(yraw).double(), EPS_D),
+    rtol=1e-10,
+)
 torch.manual_seed(0)
 f_mcr2 = mcr2.FeatureMLP(64, HIDDEN, FEAT)  # unit-norm outputs
 with torch.no_grad():
@@ -578,7 +661,10 @@ acc = {
     name: NearestSubspace(K_SUB).fit(a, ytr).score(b, yte)
     for name, a, b in (("MCR2", Zm_tr, Zm_te), ("CE", Zc_tr, Zc_te), ("untrained", Z_init_tr, Z_init_te))
 }
-dr_test = {name: float(mcr2.mcr2_loss(Zt, yte, EPS_D).neg()) for name, Zt in (("MCR2", Zm_te), ("CE", Zc_te), ("untrained", Z_init_te))}
+dr_test = {
+    name: float(mcr2.mcr2_loss(Zt, yte, EPS_D).neg())
+    for name, Zt in (("MCR2", Zm_te), ("CE", Zc_te), ("untrained", Z_init_te))
+}
 print(f"{'features':>10} | nearest-subspace acc (k={K_SUB}) | Delta R on test (nats)")
 for name in acc:
     print(f"{name:>10} | {acc[name]:29.4f} | {dr_test[name]:.3f}")
@@ -615,8 +701,10 @@ S_m, S_c = mcr2.class_singular_values(Zm_te, yte), mcr2.class_singular_values(Zc
 off = ~torch.eye(10, dtype=torch.bool)
 ang_m = mcr2.class_principal_angles(Zm_te, yte, k=1)[off]
 ang_c = mcr2.class_principal_angles(Zc_te, yte, k=1)[off]
-print(f"principal angle between leading class directions: MCR2 mean {ang_m.mean():.1f} min {ang_m.min():.1f} deg | "
-      f"CE mean {ang_c.mean():.1f} min {ang_c.min():.1f} deg")
+print(
+    f"principal angle between leading class directions: MCR2 mean {ang_m.mean():.1f} min {ang_m.min():.1f} deg | "
+    f"CE mean {ang_c.mean():.1f} min {ang_c.min():.1f} deg"
+)
 assert float(ang_m.mean()) >= 80.0, "MCR2 class directions should be close to orthogonal"
 rec.log("MCR2 mean principal angle between classes", float(ang_m.mean()), unit="deg", data=data_d)
 rec.log("CE mean principal angle between classes", float(ang_c.mean()), unit="deg", data=data_d)
@@ -637,7 +725,13 @@ for a, Zt, name in ((ax[0], Zm_te, "MCR$^2$"), (ax[1], Zc_te, "cross-entropy")):
     C, ysorted = mcr2.abs_cosine_matrix(Zt, yte)
     im = a.imshow(C, vmin=0, vmax=1)
     ticks = [int((ysorted < c).sum()) for c in range(10)]
-    a.set(title=f"{name}: |cos| of test features", xticks=ticks, yticks=ticks, xticklabels=range(10), yticklabels=range(10))
+    a.set(
+        title=f"{name}: |cos| of test features",
+        xticks=ticks,
+        yticks=ticks,
+        xticklabels=range(10),
+        yticklabels=range(10),
+    )
     a.grid(False)
 fig.colorbar(im, ax=ax[1], shrink=0.8)
 plt.show()
@@ -664,6 +758,7 @@ plt.show()
 # with 300 steps. Neither network uses early stopping, weight decay or a validation set,
 # so this is a measurement of these two recipes, not of the best each loss can do.
 
+
 # %%
 def corrupt(labels: torch.Tensor, frac: float, num_classes: int = 10, seed: int = 0) -> torch.Tensor:
     """Replace round(frac N) labels, chosen at random, by a random different class."""
@@ -679,7 +774,12 @@ NOISE_STEPS = profiles.pick(smoke=30, cpu=300)
 noise_rows = []
 for p in NOISE:
     y_noisy = corrupt(ytr, p)
-    checks.cmp(f"fraction of flipped labels (p={p})", (y_noisy != ytr).double().mean(), torch.tensor(p, dtype=torch.float64), atol=1 / len(ytr))
+    checks.cmp(
+        f"fraction of flipped labels (p={p})",
+        (y_noisy != ytr).double().mean(),
+        torch.tensor(p, dtype=torch.float64),
+        atol=1 / len(ytr),
+    )
     torch.manual_seed(0)
     fm = mcr2.FeatureMLP(64, HIDDEN, FEAT)
     train(fm, lambda z, t: mcr2.mcr2_loss(z, t, EPS_D), NOISE_STEPS, labels=y_noisy)
@@ -690,7 +790,12 @@ for p in NOISE:
         acc_m = NearestSubspace(K_SUB).fit(fm(Xtr), y_noisy).score(fm(Xte), yte)
         acc_c = float((fc(Xte).argmax(1) == yte).float().mean())
     noise_rows.append((p, acc_m, acc_c))
-    rec.log(f"label noise {p}: MCR2 nearest-subspace accuracy", acc_m, data=data_d, note=f"{NOISE_STEPS} steps, clean test labels")
+    rec.log(
+        f"label noise {p}: MCR2 nearest-subspace accuracy",
+        acc_m,
+        data=data_d,
+        note=f"{NOISE_STEPS} steps, clean test labels",
+    )
     rec.log(f"label noise {p}: CE softmax accuracy", acc_c, data=data_d, note=f"{NOISE_STEPS} steps, clean test labels")
 print(" noise | MCR2 nearest subspace | CE softmax")
 for p, am, ac in noise_rows:
@@ -729,22 +834,32 @@ for p, am, ac in noise_rows:
 # $\Delta R$ stays bounded exactly when $\operatorname{rank} Z = \sum_k \frac{N_k}{N}\operatorname{rank}Z_k$,
 # e.g. when every class already spans the whole space spanned by $Z$.
 
+
 # %%
 def slope_at_scale(Zx: torch.Tensor, yx: torch.Tensor, eps: float, c: float = 1e5) -> float:
     return float((rate_reduction(10 * c * Zx, yx, eps) - rate_reduction(c * Zx, yx, eps)) / math.log(10))
 
 
 ranks = [1, 2, 3]  # class k lives in a random subspace of dimension ranks[k] of R^8
-blocks = [torch.randn(12, r, generator=g, dtype=torch.float64) @ torch.randn(r, 8, generator=g, dtype=torch.float64) for r in ranks]
+blocks = [
+    torch.randn(12, r, generator=g, dtype=torch.float64) @ torch.randn(r, 8, generator=g, dtype=torch.float64)
+    for r in ranks
+]
 Zx, yx = torch.cat(blocks), torch.arange(3).repeat_interleave(12)
 predicted = sum(ranks) - sum(12 / 36 * r for r in ranks)  # rank Z = 6 (generic subspaces)
-checks.cmp("slope of Delta R(cZ) vs Exercise 3.1", torch.tensor(slope_at_scale(Zx, yx, 0.5)), torch.tensor(predicted), rtol=1e-3)
+checks.cmp(
+    "slope of Delta R(cZ) vs Exercise 3.1",
+    torch.tensor(slope_at_scale(Zx, yx, 0.5)),
+    torch.tensor(predicted),
+    rtol=1e-3,
+)
 
 # %% [markdown]
 # ### Exercise 3.2 (implement)
 # Implement the gradient of the class term alone, $\nabla R^c$ for rows-as-samples `Z`
 # (N, d) and soft memberships `Pi` (N, K), from (3.7) (second term with the sign flipped).
 # Do not call `crate_lite.mcr2.rate_reduction_grad`.
+
 
 # %%
 def grad_class_rate(Z: torch.Tensor, Pi: torch.Tensor, eps: float) -> torch.Tensor:
@@ -774,13 +889,19 @@ checks.cmp("Exercise 3.2: grad R^c vs autograd", grad_class_rate(Zq, Pq, 0.7), a
 _Z = torch.randn(20, 5, dtype=torch.float64)
 _y = torch.arange(4).repeat_interleave(5)
 _P = torch.nn.functional.one_hot(_y).double()
-checks.cmp("hidden 3.2: R - R^c gradient", coding_rate_grad(_Z, 0.4) - grad_class_rate(_Z, _P, 0.4), mcr2.rate_reduction_grad(_Z, _y, 0.4), rtol=1e-8)
+checks.cmp(
+    "hidden 3.2: R - R^c gradient",
+    coding_rate_grad(_Z, 0.4) - grad_class_rate(_Z, _P, 0.4),
+    mcr2.rate_reduction_grad(_Z, _y, 0.4),
+    rtol=1e-8,
+)
 
 # %% [markdown]
 # ### Exercise 3.3 (implement)
 # With step $\eta = 0.3$ the projected ascent (3.8) overshoots and $\Delta R$ can go down.
 # Implement one step with *backtracking*: try $\eta$, and halve it until $\Delta R$ does not
 # decrease (at most 20 halvings). Return the new features and the step used.
+
 
 # %%
 def backtracking_step(Z: torch.Tensor, y: torch.Tensor, eps: float, eta: float) -> tuple[torch.Tensor, float]:
@@ -814,7 +935,9 @@ print(f"Exercise 3.3: Delta R {vals[0]:.3f} -> {vals[-1]:.4f} (optimum {opt:.4f}
 _Zh = torch.nn.functional.normalize(torch.randn(30, 3, dtype=torch.float64), dim=1)
 _yh = torch.arange(3).repeat_interleave(10)
 _Zn, _eta = backtracking_step(_Zh, _yh, math.sqrt(0.1), 5.0)
-assert 0 < _eta <= 5.0 and float(rate_reduction(_Zn, _yh, math.sqrt(0.1))) >= float(rate_reduction(_Zh, _yh, math.sqrt(0.1)))
+assert 0 < _eta <= 5.0 and float(rate_reduction(_Zn, _yh, math.sqrt(0.1))) >= float(
+    rate_reduction(_Zh, _yh, math.sqrt(0.1))
+)
 checks.cmp("hidden 3.3: unit rows", _Zn.norm(dim=1), torch.ones(30, dtype=torch.float64), rtol=1e-10)
 
 # %% [markdown]
@@ -854,21 +977,34 @@ for e2 in (1.0, 0.1, 0.01):
     plane_line = float(rate_reduction(*orthogonal_config([2, 1], 3), math.sqrt(e2)))
     checks.cmp(f"two lines vs (3.6), eps^2={e2}", two_lines, mcr2.orthogonal_optimum(2, 3, math.sqrt(e2)), rtol=1e-10)
     table34[e2] = (two_lines, plane_line)
-checks.cmp("Exercise 3.4 table vs the solution sketch", torch.tensor(list(table34.values()), dtype=torch.float64),
-           torch.tensor([[0.2231, 0.2130], [1.0556, 1.2816], [2.1637, 2.9040]], dtype=torch.float64), atol=6e-5)
+checks.cmp(
+    "Exercise 3.4 table vs the solution sketch",
+    torch.tensor(list(table34.values()), dtype=torch.float64),
+    torch.tensor([[0.2231, 0.2130], [1.0556, 1.2816], [2.1637, 2.9040]], dtype=torch.float64),
+    atol=6e-5,
+)
 assert table34[1.0][0] > table34[1.0][1] and table34[0.1][0] < table34[0.1][1] and table34[0.01][0] < table34[0.01][1]
 y34 = torch.arange(2).repeat_interleave(30)
-Z34 = torch.nn.functional.normalize(torch.randn(60, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), dim=1)
+Z34 = torch.nn.functional.normalize(
+    torch.randn(60, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), dim=1
+)
 for e2, (two_lines, plane_line) in table34.items():
     Zf34, h34 = mcr2.sphere_gradient_ascent(Z34, y34, math.sqrt(e2), step_size=0.3 * e2, n_iter=400)
     sv34 = mcr2.class_singular_values(Zf34, y34)
     ranks34 = sorted(int(r) for r in (sv34 > 0.3 * sv34[:, :1]).sum(1))
-    print(f"eps^2 = {e2}: two lines {two_lines:.4f}, plane + line {plane_line:.4f}; ascent {float(h34[-1]):.4f}, class ranks {ranks34}")
+    print(
+        f"eps^2 = {e2}: two lines {two_lines:.4f}, plane + line {plane_line:.4f}; ascent {float(h34[-1]):.4f}, class ranks {ranks34}"
+    )
     winner, loser = max(two_lines, plane_line), min(two_lines, plane_line)
     assert ranks34 == ([1, 1] if two_lines > plane_line else [1, 2]), ranks34
     assert loser + 0.5 * (winner - loser) < float(h34[-1]) <= winner + 1e-9, float(h34[-1])
-    rec.log(f"Exercise 3.4: sphere ascent Delta R, K=2, d=3, eps^2={e2}", float(h34[-1]), unit="nats",
-            data="60 random points on S^2, 2 classes", note=f"400 steps of {0.3 * e2:g}; winner {winner:.4f}")
+    rec.log(
+        f"Exercise 3.4: sphere ascent Delta R, K=2, d=3, eps^2={e2}",
+        float(h34[-1]),
+        unit="nats",
+        data="60 random points on S^2, 2 classes",
+        note=f"400 steps of {0.3 * e2:g}; winner {winner:.4f}",
+    )
 
 # ### Exercise 3.5 (explore)
 # In section 3.5 the feature dimension ($d = 32$) and the subspace dimension of the

@@ -58,17 +58,6 @@ DT = torch.float64  # toys in float64: near the optimum Delta R rises by < 1e-7 
 print("crate_lite", crate_lite.__version__, "| profile", profiles.current())
 
 
-# %%
-def must_fail(what: str, check) -> None:
-    """Run ``check`` on a deliberately wrong variant of a derived object: it must raise."""
-    try:
-        check()
-    except AssertionError as err:
-        print(f"wrong variant '{what}' fails, as it must: {str(err).splitlines()[0][:100]}")
-        return
-    raise RuntimeError(f"the check did not catch the wrong variant '{what}'")
-
-
 # %% [markdown]
 # ## 5.1 The gradient of $R$ is a linear operator: $E$
 #
@@ -84,6 +73,7 @@ def must_fail(what: str, check) -> None:
 #
 # One $d\times d$ matrix acts on every sample: the gradient field of $R$ is *linear* in $z$
 # once $E$ is fixed. In code rows are samples, so $Ez_i$ becomes `z_i @ E`.
+
 
 # %%
 def expansion_operator(Z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -101,8 +91,15 @@ y = torch.arange(4).repeat_interleave(10)
 Zg = Z.clone().requires_grad_(True)
 (grad_R,) = torch.autograd.grad(coding_rate(Zg, eps), Zg)  # (N, d), autograd of chapter 02's R
 checks.cmp("(5.1): Z E vs autograd dR/dZ", Z @ expansion_operator(Z, eps), grad_R, rtol=1e-10)
-must_fail("E without its factor alpha", lambda: checks.cmp(
-    "(5.1) without alpha", Z @ (expansion_operator(Z, eps) / (Z.shape[1] / (Z.shape[0] * eps**2))), grad_R, rtol=1e-10))
+checks.must_fail(
+    "E without its factor alpha",
+    lambda: checks.cmp(
+        "(5.1) without alpha",
+        Z @ (expansion_operator(Z, eps) / (Z.shape[1] / (Z.shape[0] * eps**2))),
+        grad_R,
+        rtol=1e-10,
+    ),
+)
 
 # %% [markdown]
 # ## 5.2 The gradient of $R^c$: one operator $C_k$ per class
@@ -117,6 +114,7 @@ must_fail("E without its factor alpha", lambda: checks.cmp(
 #
 # The weight $\gamma_k$ is easy to lose: $\gamma_k\alpha_k = \alpha$ for every class,
 # which is why chapter 03 wrote the whole gradient with a single $\alpha$.
+
 
 # %%
 def compression_operators(Z: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,11 +134,21 @@ grad_Rc_ops = gamma[y, None] * torch.einsum("nd,nde->ne", Z, C[y])  # (N, d): ga
 (grad_Rc,) = torch.autograd.grad(class_coding_rate(Zg, y, eps), Zg)
 checks.cmp("(5.2): gamma_k z C_k vs autograd dR^c/dZ", grad_Rc_ops, grad_Rc, rtol=1e-10)
 ak_bad = Z.shape[1] / (Z.shape[1] * eps**2)  # alpha_k with d where N_k belongs (see section 5.5)
-C_bad = ak_bad * torch.linalg.inv(torch.eye(5, dtype=DT) + ak_bad * torch.einsum("nd,ne,nk->kde", Z, Z, torch.nn.functional.one_hot(y).to(DT)))
-must_fail("C_k with d in place of N_k", lambda: checks.cmp(
-    "(5.2) with alpha_k = 1/eps^2", gamma[y, None] * torch.einsum("nd,nde->ne", Z, C_bad[y]), grad_Rc, rtol=1e-10))
-checks.cmp("(5.1)-(5.2) vs chapter 03's grad Delta R", Z @ expansion_operator(Z, eps) - grad_Rc_ops,
-           mcr2.rate_reduction_grad(Z, y, eps), rtol=1e-10)
+C_bad = ak_bad * torch.linalg.inv(
+    torch.eye(5, dtype=DT) + ak_bad * torch.einsum("nd,ne,nk->kde", Z, Z, torch.nn.functional.one_hot(y).to(DT))
+)
+checks.must_fail(
+    "C_k with d in place of N_k",
+    lambda: checks.cmp(
+        "(5.2) with alpha_k = 1/eps^2", gamma[y, None] * torch.einsum("nd,nde->ne", Z, C_bad[y]), grad_Rc, rtol=1e-10
+    ),
+)
+checks.cmp(
+    "(5.1)-(5.2) vs chapter 03's grad Delta R",
+    Z @ expansion_operator(Z, eps) - grad_Rc_ops,
+    mcr2.rate_reduction_grad(Z, y, eps),
+    rtol=1e-10,
+)
 
 # %% [markdown]
 # From here on the package computes both families at once
@@ -181,11 +189,19 @@ k = 2
 Zk = Z[y == k]  # (N_k, d)
 ak = d / (len(Zk) * eps**2)
 ridge_k = Ridge(alpha=1 / ak, fit_intercept=False).fit(Zk.T.numpy(), z_new.numpy())
-checks.cmp("(5.3): C_k z vs alpha_k * class ridge residual", z_new @ C_pkg[k],
-           ak * (z_new - Zk.T @ torch.from_numpy(ridge_k.coef_)), rtol=1e-8)
+checks.cmp(
+    "(5.3): C_k z vs alpha_k * class ridge residual",
+    z_new @ C_pkg[k],
+    ak * (z_new - Zk.T @ torch.from_numpy(ridge_k.coef_)),
+    rtol=1e-8,
+)
 ridge_bad = Ridge(alpha=alpha, fit_intercept=False).fit(Z.T.numpy(), z_new.numpy())  # penalty alpha, not 1/alpha
-must_fail("ridge penalty alpha instead of 1/alpha", lambda: checks.cmp(
-    "(5.3) with penalty alpha", z_new @ E_pkg, alpha * (z_new - Z.T @ torch.from_numpy(ridge_bad.coef_)), rtol=1e-8))
+checks.must_fail(
+    "ridge penalty alpha instead of 1/alpha",
+    lambda: checks.cmp(
+        "(5.3) with penalty alpha", z_new @ E_pkg, alpha * (z_new - Z.T @ torch.from_numpy(ridge_bad.coef_)), rtol=1e-8
+    ),
+)
 
 # %% [markdown]
 # ## 5.4 One gradient step is one layer
@@ -205,9 +221,11 @@ must_fail("ridge penalty alpha instead of 1/alpha", lambda: checks.cmp(
 # paper, $d\times d$ here), a nonlinear gate $\pi$ (a softmax over residual norms), a
 # residual connection $z + \eta(\cdot)$ and a normalisation. Nothing in it is trained.
 
+
 # %%
-def layer_scratch(Z: torch.Tensor, E: torch.Tensor, C: torch.Tensor, gamma: torch.Tensor,
-                  Pi: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_scratch(
+    Z: torch.Tensor, E: torch.Tensor, C: torch.Tensor, gamma: torch.Tensor, Pi: torch.Tensor, eta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. (5.4) for rows Z (N, d): memberships Pi (N, K), E (d, d), C (K, d, d).
     Returns the ascent direction (before the step size) and the next features, both (N, d)."""
     ZC = torch.einsum("nd,kde->nke", Z, C)  # (N, K, d): z C_k
@@ -233,12 +251,22 @@ Pi = torch.nn.functional.one_hot(y).to(DT)  # (N, K)
 step, Z1 = layer_scratch(Z, E_pkg, C_pkg, gamma_pkg, Pi, eta)
 (grad_dR,) = torch.autograd.grad(rate_reduction(Zg, y, eps), Zg)
 checks.cmp("(5.4): layer step vs autograd grad Delta R", step, grad_dR, rtol=1e-10)
-checks.cmp("(5.4): layer, notebook vs crate_lite (labels)",
-           redunet.layer(Z, E_pkg, C_pkg, gamma_pkg, eta, labels=y), Z1, rtol=1e-12)
+checks.cmp(
+    "(5.4): layer, notebook vs crate_lite (labels)",
+    redunet.layer(Z, E_pkg, C_pkg, gamma_pkg, eta, labels=y),
+    Z1,
+    rtol=1e-12,
+)
 Pi_soft = soft_membership_scratch(Z, C_pkg, lam)
-checks.cmp("(5.5): soft membership, notebook vs crate_lite", redunet.soft_membership(Z, C_pkg, lam), Pi_soft, rtol=1e-10)
-checks.cmp("(5.4): layer, notebook vs crate_lite (soft)", redunet.layer(Z, E_pkg, C_pkg, gamma_pkg, eta, sharpness=lam),
-           layer_scratch(Z, E_pkg, C_pkg, gamma_pkg, Pi_soft, eta)[1], rtol=1e-12)
+checks.cmp(
+    "(5.5): soft membership, notebook vs crate_lite", redunet.soft_membership(Z, C_pkg, lam), Pi_soft, rtol=1e-10
+)
+checks.cmp(
+    "(5.4): layer, notebook vs crate_lite (soft)",
+    redunet.layer(Z, E_pkg, C_pkg, gamma_pkg, eta, sharpness=lam),
+    layer_scratch(Z, E_pkg, C_pkg, gamma_pkg, Pi_soft, eta)[1],
+    rtol=1e-12,
+)
 
 # %%
 # (iii) a point on the line of class 0 after collapse: its membership is ~one-hot
@@ -255,7 +283,9 @@ def near_class0_is_one_hot(pi: torch.Tensor) -> None:
 
 near_class0_is_one_hot(pi_probe)
 probe_C = torch.einsum("nd,kde->nke", torch.tensor([[1.0, 0.02, -0.01]], dtype=DT), Ccol).norm(dim=-1)  # (1, K)
-must_fail("softmax of +lam ||C_k z|| (sign)", lambda: near_class0_is_one_hot(torch.softmax(lam * probe_C, dim=1)))
+checks.must_fail(
+    "softmax of +lam ||C_k z|| (sign)", lambda: near_class0_is_one_hot(torch.softmax(lam * probe_C, dim=1))
+)
 
 # %% [markdown]
 # **What the soft membership measures.** Let class $k$ lie on a $p$-dimensional subspace with
@@ -291,10 +321,18 @@ c6 = 1 / (1 + a6 * n6 / p6)
 energy = torch.einsum("nd,kdp->nkp", zq, U6).square().sum(-1)  # (8, K): ||U_k^T z||^2
 closed = a6 * (1 - (1 - c6**2) * energy).sqrt()  # (8, K): ||C_k z|| by (5.5a)
 checks.cmp("(5.5a): ||C_k z|| vs closed form", torch.einsum("nd,kde->nke", zq, C6).norm(dim=-1), closed, rtol=1e-10)
-checks.cmp("(5.5a): crate_lite soft membership vs softmax of subspace energies", redunet.soft_membership(zq, C6, 5.0),
-           torch.softmax(-5.0 * closed, dim=1), rtol=1e-10)
-must_fail("(5.5a) without c_k", lambda: checks.cmp(
-    "(5.5a) without c_k", torch.einsum("nd,kde->nke", zq, C6).norm(dim=-1), a6 * (1 - energy).sqrt(), rtol=1e-10))
+checks.cmp(
+    "(5.5a): crate_lite soft membership vs softmax of subspace energies",
+    redunet.soft_membership(zq, C6, 5.0),
+    torch.softmax(-5.0 * closed, dim=1),
+    rtol=1e-10,
+)
+checks.must_fail(
+    "(5.5a) without c_k",
+    lambda: checks.cmp(
+        "(5.5a) without c_k", torch.einsum("nd,kde->nke", zq, C6).norm(dim=-1), a6 * (1 - energy).sqrt(), rtol=1e-10
+    ),
+)
 
 # %% [markdown]
 # ## 5.5 Forward construction
@@ -325,17 +363,37 @@ must_fail("(5.5a) without c_k", lambda: checks.cmp(
 # %%
 net_small = redunet.ReduNet(depth=5, step_size=eta, eps=eps, sharpness=lam).fit(Z, y, keep=(3,))
 Z3 = net_small.snapshots[3]
-checks.cmp("record: R^c at layer 3 vs chapter 03's class_coding_rate", net_small.history["Rc"][3],
-           class_coding_rate(Z3, y, eps), rtol=1e-10)
-checks.cmp("record: Delta R at layer 5 vs rate_reduction", net_small.history["delta_R"][5],
-           rate_reduction(net_small.features, y, eps), rtol=1e-10)
+checks.cmp(
+    "record: R^c at layer 3 vs chapter 03's class_coding_rate",
+    net_small.history["Rc"][3],
+    class_coding_rate(Z3, y, eps),
+    rtol=1e-10,
+)
+checks.cmp(
+    "record: Delta R at layer 5 vs rate_reduction",
+    net_small.history["delta_R"][5],
+    rate_reduction(net_small.features, y, eps),
+    rtol=1e-10,
+)
 checks.cmp("stored E_3 vs operators(Z_3)", net_small.E[3], redunet.operators(Z3, y, eps)[0], rtol=1e-10)
-checks.cmp("transform(train, labels) reproduces the training features", net_small.transform(Z, y),
-           net_small.features, rtol=1e-12)
-checks.cmp("record: Delta R at layer 0 vs rate_reduction of the input", net_small.history["delta_R"][0],
-           rate_reduction(Z, y, eps), rtol=1e-10)
-checks.cmp("stored E_0, C_0 vs operators of the input", torch.cat([net_small.E[0][None], net_small.C[0]]),
-           torch.cat([expansion_operator(Z, eps)[None], compression_operators(Z, y, eps)[0]]), rtol=1e-10)
+checks.cmp(
+    "transform(train, labels) reproduces the training features",
+    net_small.transform(Z, y),
+    net_small.features,
+    rtol=1e-12,
+)
+checks.cmp(
+    "record: Delta R at layer 0 vs rate_reduction of the input",
+    net_small.history["delta_R"][0],
+    rate_reduction(Z, y, eps),
+    rtol=1e-10,
+)
+checks.cmp(
+    "stored E_0, C_0 vs operators of the input",
+    torch.cat([net_small.E[0][None], net_small.C[0]]),
+    torch.cat([expansion_operator(Z, eps)[None], compression_operators(Z, y, eps)[0]]),
+    rtol=1e-10,
+)
 Z_by_layer = Z
 for l in range(5):  # soft memberships, the stored operators, the notebook's own layer (5.4)-(5.5)
     E_l, C_l = net_small.E[l], net_small.C[l]
@@ -363,8 +421,10 @@ for K, angles in circle_means.items():
     t0 = time.perf_counter()
     net = redunet.ReduNet(depth=L_circle, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Zc.to(DT), yc)
     circle[K] = (Zc, yc, net)
-    print(f"K={K}: {L_circle} layers in {time.perf_counter() - t0:.2f} s, "
-          f"Delta R {net.history['delta_R'][0]:.4f} -> {net.history['delta_R'][-1]:.6f}")
+    print(
+        f"K={K}: {L_circle} layers in {time.perf_counter() - t0:.2f} s, "
+        f"Delta R {net.history['delta_R'][0]:.4f} -> {net.history['delta_R'][-1]:.6f}"
+    )
 
 # %%
 fig, axes = plot.subplots(1, 4, width=13, height=3.4)
@@ -373,7 +433,9 @@ for i, (K, (Zc, yc, net)) in enumerate(circle.items()):
         ax = axes[2 * i + j]
         for c in range(K):
             ax.scatter(*F[yc == c].T.float(), s=4, label=f"class {c}")
-        ax.set_aspect("equal"); ax.set_xlim(-1.1, 1.1); ax.set_ylim(-1.1, 1.1)
+        ax.set_aspect("equal")
+        ax.set_xlim(-1.1, 1.1)
+        ax.set_ylim(-1.1, 1.1)
         ax.set_title(f"K={K}, {title}")
 axes[0].legend(loc="lower left", markerscale=3)
 plt.show()
@@ -388,13 +450,21 @@ Zc, yc, net2 = circle[2]
 opt2 = mcr2.orthogonal_optimum(2, 2, eps_toy)
 dR2 = net2.history["delta_R"]
 ang2 = float(mcr2.class_principal_angles(net2.features, yc)[0, 1])
-print(f"K=2 circle: Delta R {float(dR2[-1]):.6f}, optimum {opt2:.6f}, gap {opt2 - float(dR2[-1]):.2e}; "
-      f"angle between class lines {ang2:.3f} deg (input {float(mcr2.class_principal_angles(Zc.to(DT), yc)[0, 1]):.1f})")
+print(
+    f"K=2 circle: Delta R {float(dR2[-1]):.6f}, optimum {opt2:.6f}, gap {opt2 - float(dR2[-1]):.2e}; "
+    f"angle between class lines {ang2:.3f} deg (input {float(mcr2.class_principal_angles(Zc.to(DT), yc)[0, 1]):.1f})"
+)
 assert bool((dR2.diff() >= -1e-12).all()), "Delta R decreased on the circle"
 # measured (seed 0): gap 9.7e-4, 87.2 deg after 500 layers; 3.9e-6, 89.8 deg after 1000
 assert opt2 - float(dR2[-1]) < profiles.pick(smoke=2e-3, cpu=1e-4), "circle: not at the optimum"
 assert abs(ang2 - 90) < profiles.pick(smoke=5.0, cpu=1.0), f"circle: class lines {ang2:.2f} deg apart"
-rec.log("circle K=2: optimum gap", opt2 - float(dR2[-1]), unit="nats", data=f"2 Gaussians on S^1, {n_circle}/class, 45 deg apart, noise 0.1", note=f"{L_circle} layers, eta 0.5, eps^2 0.1")
+rec.log(
+    "circle K=2: optimum gap",
+    opt2 - float(dR2[-1]),
+    unit="nats",
+    data=f"2 Gaussians on S^1, {n_circle}/class, 45 deg apart, noise 0.1",
+    note=f"{L_circle} layers, eta 0.5, eps^2 0.1",
+)
 rec.log("circle K=2: angle between class lines", ang2, unit="deg", data="2 Gaussians on S^1")
 
 # %% [markdown]
@@ -425,11 +495,18 @@ assert abs(opt3 - 1.879849) < 1e-6
 Ztr, ytr = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=0)
 Zte, yte = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=1)  # held out
 t0, c0 = time.perf_counter(), time.process_time()
-sphere = redunet.ReduNet(depth=L_sphere, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Ztr.to(DT), ytr, keep=(0, 50, 200))
+sphere = redunet.ReduNet(depth=L_sphere, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(
+    Ztr.to(DT), ytr, keep=(0, 50, 200)
+)
 t_fit, c_fit = time.perf_counter() - t0, time.process_time() - c0
 print(f"{L_sphere} layers on 1500 points: {t_fit:.2f} s wall, {c_fit:.2f} s CPU")
-rec.log("sphere: construction time", t_fit, unit="s", data="3 Gaussians on S^2, 500/class",
-        note=f"{L_sphere} layers, wall clock, 2-core CPU shared with other jobs (CPU time {c_fit:.2f} s)")
+rec.log(
+    "sphere: construction time",
+    t_fit,
+    unit="s",
+    data="3 Gaussians on S^2, 500/class",
+    note=f"{L_sphere} layers, wall clock, 2-core CPU shared with other jobs (CPU time {c_fit:.2f} s)",
+)
 
 # %%
 dR = sphere.history["delta_R"]
@@ -443,10 +520,17 @@ print(f"smallest increase per layer: {float(dR.diff().min()):.2e}")
 assert bool((dR.diff() >= 0).all()), "Delta R is not monotone in depth"
 assert 0 <= gap < 1e-4, f"not within 1e-4 of the optimum: gap {gap:.2e}"
 assert float((mean_angles - 90).abs().max()) < 1.0, mean_angles
-rec.log("sphere: Delta R after all layers", float(dR[-1]), unit="nats", data="3 Gaussians on S^2, 500/class, noise 0.1, seed 0",
-        note=f"{L_sphere} layers, eta 0.5, eps^2 0.1, lam 500; optimum 1.879849")
+rec.log(
+    "sphere: Delta R after all layers",
+    float(dR[-1]),
+    unit="nats",
+    data="3 Gaussians on S^2, 500/class, noise 0.1, seed 0",
+    note=f"{L_sphere} layers, eta 0.5, eps^2 0.1, lam 500; optimum 1.879849",
+)
 rec.log("sphere: optimum gap", gap, unit="nats", data="3 Gaussians on S^2", note=f"{L_sphere} layers")
-rec.log("sphere: max |class-mean angle - 90|", float((mean_angles - 90).abs().max()), unit="deg", data="3 Gaussians on S^2")
+rec.log(
+    "sphere: max |class-mean angle - 90|", float((mean_angles - 90).abs().max()), unit="deg", data="3 Gaussians on S^2"
+)
 
 # %% [markdown]
 # Held-out points: 1500 new points (another seed) pass through the stored operators with
@@ -459,13 +543,20 @@ Fte = sphere.transform(Zte.to(DT))
 acc = float(((Fte @ means.T).argmax(1) == yte).float().mean())
 print(f"held-out nearest-class-mean accuracy {acc:.4f} ({time.perf_counter() - t0:.2f} s)")
 assert acc == 1.0, acc
-rec.log("sphere: held-out nearest-class-mean accuracy", acc, data="3 Gaussians on S^2, 1500 held-out points, seed 1", note=f"{L_sphere} layers")
+rec.log(
+    "sphere: held-out nearest-class-mean accuracy",
+    acc,
+    data="3 Gaussians on S^2, 1500 held-out points, seed 1",
+    note=f"{L_sphere} layers",
+)
 
 # %%
 fig = plt.figure(figsize=(13, 3.6), constrained_layout=True)
 ax = fig.add_subplot(1, 4, 1)
 ax.semilogy(torch.arange(len(dR)), (opt3 - dR).clamp_min(1e-12))
-ax.set_xlabel("layer"); ax.set_ylabel(r"$\Delta R^\star - \Delta R$ (nats)"); ax.set_title("gap to the optimum")
+ax.set_xlabel("layer")
+ax.set_ylabel(r"$\Delta R^\star - \Delta R$ (nats)")
+ax.set_title("gap to the optimum")
 for i, (l, title) in enumerate([(0, "input"), (200, "layer 200"), (None, f"layer {L_sphere} (+ held-out)")]):
     ax = fig.add_subplot(1, 4, i + 2, projection="3d")
     P = sphere.snapshots[l] if l is not None else F
@@ -486,6 +577,7 @@ plt.show()
 # ($\alpha$ and $\alpha_k$ ten times too large here). The step-vs-autograd check of section 5.4
 # catches both:
 
+
 # %%
 def ascent_step(Z: torch.Tensor, y: torch.Tensor, eps: float, mistake: str = "") -> torch.Tensor:
     """The ascent direction of (5.4) with one-hot memberships, (N, d), optionally with a
@@ -504,7 +596,10 @@ def ascent_step(Z: torch.Tensor, y: torch.Tensor, eps: float, mistake: str = "")
 
 checks.cmp("ascent_step vs autograd grad Delta R", ascent_step(Z, y, eps), grad_dR, rtol=1e-10)
 for mistake in ["lost gamma_k", "eps^2 for eps"]:
-    must_fail(mistake, lambda: checks.cmp(f"(5.4) with {mistake} vs autograd", ascent_step(Z, y, eps, mistake), grad_dR, rtol=1e-10))
+    checks.must_fail(
+        mistake,
+        lambda: checks.cmp(f"(5.4) with {mistake} vs autograd", ascent_step(Z, y, eps, mistake), grad_dR, rtol=1e-10),
+    )
 
 
 def ascend(Z: torch.Tensor, y: torch.Tensor, depth: int, mistake: str = "") -> torch.Tensor:
@@ -529,10 +624,17 @@ assert gap_200 > 1e-3, gap_200
 for mistake in ["lost gamma_k", "eps^2 for eps"]:
     Zw = ascend(Ztr.to(DT), ytr, 200, mistake)
     gap_w, ang_w = opt3 - float(rate_reduction(Zw, ytr, eps_toy)), feat_angle(Zw, sphere.features)
-    print(f"{mistake:>14}: gap after 200 layers {gap_w:.2e}; largest angle to the correct final features {ang_w:.2f} deg")
+    print(
+        f"{mistake:>14}: gap after 200 layers {gap_w:.2e}; largest angle to the correct final features {ang_w:.2f} deg"
+    )
     assert 0 <= gap_w < 1e-4 and ang_w < 1.0, (gap_w, ang_w)
-    rec.log(f"5.8 wrong construction '{mistake}': gap after 200 layers", gap_w, unit="nats",
-            data="3 Gaussians on S^2 (section 5.7 input)", note=f"correct construction: {gap_200:.2e}")
+    rec.log(
+        f"5.8 wrong construction '{mistake}': gap after 200 layers",
+        gap_w,
+        unit="nats",
+        data="3 Gaussians on S^2 (section 5.7 input)",
+        note=f"correct construction: {gap_200:.2e}",
+    )
 
 # %% [markdown]
 # Errors that change the *direction* of the flow fail the endpoint bound of section 5.7
@@ -577,7 +679,13 @@ assert all(b >= a - 1e-6 for a, b in zip(a60, a60[1:])), "angles did not grow mo
 # measured (seed 0): 77.0 deg after 300 layers
 assert a60[-1] > profiles.pick(smoke=75.0, cpu=88.0), a60[-1]
 assert bool((net60.history["delta_R"].diff() >= 0).all())
-rec.log("60-degree start: smallest class-mean angle", a60[-1], unit="deg", data="3 Gaussians on S^2, 300/class, centres 60 deg apart", note=f"{L60} layers")
+rec.log(
+    "60-degree start: smallest class-mean angle",
+    a60[-1],
+    unit="deg",
+    data="3 Gaussians on S^2, 300/class, centres 60 deg apart",
+    note=f"{L60} layers",
+)
 
 # %% [markdown]
 # How slow, exactly? Take the end of the fast phase: each class collapsed onto a unit
@@ -597,6 +705,7 @@ rec.log("60-degree start: smallest class-mean angle", a60[-1], unit="deg", data=
 # For the sphere of section 5.7 ($\alpha = 0.02$, $\alpha n = 10$): $1 - \rho \approx 1/605$.
 # The cosines shrink by a factor $e$ only every ~605 layers, and the gap to the optimum,
 # quadratic in them, every ~300. Check (5.7) on lines perturbed from orthogonal:
+
 
 # %%
 def cosine_factor(eta: float, eps: float, n: int, K: int, d: int) -> float:
@@ -620,12 +729,22 @@ net_near = redunet.ReduNet(depth=400, step_size=0.5, eps=eps_toy, sharpness=500.
 rho_meas = (mean_cosines(net_near.snapshots[400], yn) / mean_cosines(net_near.snapshots[100], yn)) ** (1 / 300)
 print(f"rho (5.7) = {rho:.6f} (1 - rho = 1/{1 / (1 - rho):.0f}); measured per pair: {rho_meas.numpy().round(6)}")
 # compare the rates 1 - rho; measured within 0.6% (second order in the ~0.05 cosines)
-checks.cmp("(5.7): per-layer cosine decay 1 - rho, theory vs measured", 1 - rho_meas,
-           torch.full_like(rho_meas, 1 - rho), rtol=0.01)
-must_fail("(5.7) without the factor 2 (only one end of each pair moves)", lambda: checks.cmp(
-    "(5.7) without the 2", 1 - rho_meas, torch.full_like(rho_meas, (1 - rho) / 2), rtol=0.01))
-rec.log("(5.7) 1 - rho, closed form", 1 - rho, data="eta 0.5, eps^2 0.1, 500 points per class, K = d = 3",
-        note=f"measured per pair: {(1 - rho_meas).numpy().round(7).tolist()}")
+checks.cmp(
+    "(5.7): per-layer cosine decay 1 - rho, theory vs measured",
+    1 - rho_meas,
+    torch.full_like(rho_meas, 1 - rho),
+    rtol=0.01,
+)
+checks.must_fail(
+    "(5.7) without the factor 2 (only one end of each pair moves)",
+    lambda: checks.cmp("(5.7) without the 2", 1 - rho_meas, torch.full_like(rho_meas, (1 - rho) / 2), rtol=0.01),
+)
+rec.log(
+    "(5.7) 1 - rho, closed form",
+    1 - rho,
+    data="eta 0.5, eps^2 0.1, 500 points per class, K = d = 3",
+    note=f"measured per pair: {(1 - rho_meas).numpy().round(7).tolist()}",
+)
 
 # %% [markdown]
 # Now the sphere of section 5.7 with *random* centres (`gaussians_on_sphere(500, 3, ...)`,
@@ -650,15 +769,22 @@ for s in rand_seeds:
     dev = float((torch.rad2deg(torch.arccos(mean_cosines(net_r.features, yr).clamp(-1, 1))) - 90).abs().max())
     m_r = torch.nn.functional.normalize(torch.stack([net_r.features[yr == c].mean(0) for c in range(3)]), dim=1)
     acc_r = float(((net_r.transform(Zr_te.to(DT)) @ m_r.T).argmax(1) == yr_te).float().mean())
-    print(f"seed {s}: input class-mean angles {torch.rad2deg(torch.arccos(cos_in)).numpy().round(1)} deg; "
-          f"after 2000 layers gap {float(gap_r[-1]):.1e}, max |angle - 90| {dev:.2f} deg, held-out acc {acc_r:.4f}; "
-          f"gap factor per layer {tail:.6f} (rho^2 = {rho**2:.6f}); 1e-4 predicted at ~{need:.0f} layers")
+    print(
+        f"seed {s}: input class-mean angles {torch.rad2deg(torch.arccos(cos_in)).numpy().round(1)} deg; "
+        f"after 2000 layers gap {float(gap_r[-1]):.1e}, max |angle - 90| {dev:.2f} deg, held-out acc {acc_r:.4f}; "
+        f"gap factor per layer {tail:.6f} (rho^2 = {rho**2:.6f}); 1e-4 predicted at ~{need:.0f} layers"
+    )
     assert bool((gap_r.diff() <= 0).all()), "Delta R not monotone"
     assert abs(tail - rho**2) < 1e-4, (tail, rho**2)
     # measured after 2000 layers: gap 7.0e-4 (seed 1), 3.4e-4 (seed 2), 6.4e-4 (seed 3)
     assert 2e-4 < float(gap_r[-1]) < 1e-3 and 2000 < need < 3000, (float(gap_r[-1]), need)
-    rec.log(f"random centres seed {s}: optimum gap after 2000 layers", float(gap_r[-1]), unit="nats",
-            data=f"3 Gaussians on S^2, 500/class, random centres (seed {s}), noise 0.1", note="eta 0.5, eps^2 0.1, lam 500")
+    rec.log(
+        f"random centres seed {s}: optimum gap after 2000 layers",
+        float(gap_r[-1]),
+        unit="nats",
+        data=f"3 Gaussians on S^2, 500/class, random centres (seed {s}), noise 0.1",
+        note="eta 0.5, eps^2 0.1, lam 500",
+    )
 
 # %% [markdown]
 # ## 5.10 Real data: handwritten digits
@@ -676,7 +802,8 @@ X = torch.nn.functional.normalize(X.to(DT), dim=1)  # (1797, 64) unit rows
 perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
 X, yd = X[perm], yd[perm]
 tr = torch.cat([torch.nonzero(yd == c).flatten()[:n_per_class] for c in range(10)])
-te = torch.ones(len(X), dtype=torch.bool); te[tr] = False
+te = torch.ones(len(X), dtype=torch.bool)
+te[tr] = False
 t0 = time.perf_counter()
 dnet = redunet.ReduNet(depth=L_digits, step_size=0.5, eps=math.sqrt(0.5), sharpness=500.0).fit(X[tr], yd[tr])
 Fd_te = dnet.transform(X[te])
@@ -695,18 +822,31 @@ assert bool((dRd.diff() >= 0).all()), "Delta R decreased on digits"
 assert float(dRd[-1]) > 4 * float(dRd[0]), "expected Delta R of the training features to grow more than fourfold"
 assert acc_raw > 0.9 and acc_red >= acc_raw + 0.01, (acc_raw, acc_red)
 data_d = f"sklearn digits, {n_per_class}/class train, {int(te.sum())} held out, seed 0"
-rec.log("digits: Delta R input -> output", f"{float(dRd[0]):.3f} -> {float(dRd[-1]):.3f}", unit="nats", data=data_d, note=f"{L_digits} layers, eps^2 0.5")
+rec.log(
+    "digits: Delta R input -> output",
+    f"{float(dRd[0]):.3f} -> {float(dRd[-1]):.3f}",
+    unit="nats",
+    data=data_d,
+    note=f"{L_digits} layers, eps^2 0.5",
+)
 rec.log("digits: Delta R output / input", float(dRd[-1] / dRd[0]), data=data_d, note=f"{L_digits} layers, eps^2 0.5")
 rec.log("digits: nearest-subspace accuracy, raw", acc_raw, data=data_d, note=f"k={k_sub}")
-rec.log("digits: nearest-subspace accuracy, ReduNet features", acc_red, data=data_d, note=f"k={k_sub}, {L_digits} layers")
+rec.log(
+    "digits: nearest-subspace accuracy, ReduNet features", acc_red, data=data_d, note=f"k={k_sub}, {L_digits} layers"
+)
 
 # %%
 fig, axes = plot.subplots(1, 2, width=9, height=3.2)
-axes[0].plot(dnet.history["R"], label="$R$"); axes[0].plot(dnet.history["Rc"], label="$R^c$")
-axes[0].plot(dRd, label=r"$\Delta R$"); axes[0].set_xlabel("layer"); axes[0].set_ylabel("nats"); axes[0].legend()
+axes[0].plot(dnet.history["R"], label="$R$")
+axes[0].plot(dnet.history["Rc"], label="$R^c$")
+axes[0].plot(dRd, label=r"$\Delta R$")
+axes[0].set_xlabel("layer")
+axes[0].set_ylabel("nats")
+axes[0].legend()
 axes[0].set_title("digits: rates of the training features")
 axes[1].bar(["raw", "ReduNet"], [acc_raw, acc_red], color=["#7f7f7f", "#1f77b4"])
-axes[1].set_ylim(0.8, 1.0); axes[1].set_title(f"nearest subspace (k={k_sub}), held out")
+axes[1].set_ylim(0.8, 1.0)
+axes[1].set_title(f"nearest subspace (k={k_sub}), held out")
 plt.show()
 
 # %% [markdown]
@@ -749,17 +889,36 @@ shift_conj = lambda M: M.roll(1, -2).roll(1, -1)  # noqa: E731  S M S^T for M (.
 checks.cmp("S E S^T = E", shift_conj(E8), E8, atol=1e-12)
 checks.cmp("S C_k S^T = C_k", shift_conj(C8), C8, atol=1e-12)
 E8_plain = redunet.operators(X8, y8, eps8)[0]  # no shifts in the data
-must_fail("operators without the shifted copies", lambda: checks.cmp("S E S^T = E, no shifts", shift_conj(E8_plain), E8_plain, atol=1e-12))
+checks.must_fail(
+    "operators without the shifted copies",
+    lambda: checks.cmp("S E S^T = E, no shifts", shift_conj(E8_plain), E8_plain, atol=1e-12),
+)
 zt = torch.nn.functional.normalize(torch.randn(5, d8, generator=gs, dtype=DT), dim=1)  # (5, d) test signals
 kernel = torch.stack([E8[:, 0].roll(s) for s in range(d8)], dim=1)  # (d, d): columns S^s e
 checks.cmp("E z = e (circular convolution) z", zt @ E8, zt @ kernel.T, rtol=1e-10)
 a8 = d8 / (N8 * d8 * eps8**2)
 power = torch.fft.fft(X8, dim=1).abs().square().sum(0)  # (d,): sum_i |z_i hat|^2
-checks.cmp("(5.8): E z via the FFT", zt @ E8, torch.fft.ifft(torch.fft.fft(zt, dim=1) * a8 / (1 + a8 * power), dim=1).real, rtol=1e-10)
-must_fail("(5.8) with |z hat| instead of |z hat|^2", lambda: checks.cmp(
-    "(5.8) unsquared", zt @ E8, torch.fft.ifft(torch.fft.fft(zt, dim=1) * a8 / (1 + a8 * power.sqrt()), dim=1).real, rtol=1e-10))
-checks.cmp("layer(S z) = S layer(z), soft memberships", redunet.layer(zt.roll(1, dims=1), E8, C8, g8, 0.5, sharpness=5.0),
-           redunet.layer(zt, E8, C8, g8, 0.5, sharpness=5.0).roll(1, dims=1), atol=1e-12)
+checks.cmp(
+    "(5.8): E z via the FFT",
+    zt @ E8,
+    torch.fft.ifft(torch.fft.fft(zt, dim=1) * a8 / (1 + a8 * power), dim=1).real,
+    rtol=1e-10,
+)
+checks.must_fail(
+    "(5.8) with |z hat| instead of |z hat|^2",
+    lambda: checks.cmp(
+        "(5.8) unsquared",
+        zt @ E8,
+        torch.fft.ifft(torch.fft.fft(zt, dim=1) * a8 / (1 + a8 * power.sqrt()), dim=1).real,
+        rtol=1e-10,
+    ),
+)
+checks.cmp(
+    "layer(S z) = S layer(z), soft memberships",
+    redunet.layer(zt.roll(1, dims=1), E8, C8, g8, 0.5, sharpness=5.0),
+    redunet.layer(zt, E8, C8, g8, 0.5, sharpness=5.0).roll(1, dims=1),
+    atol=1e-12,
+)
 
 # %% [markdown]
 # ## Summary
@@ -812,8 +971,15 @@ ycl = torch.arange(3).repeat_interleave(500)
 E_o, C_o, gam_o = redunet.operators(U, ycl, eps_toy)
 a_, a_k = 3 / (1500 * 0.1), 3 / (500 * 0.1)
 checks.cmp("Ex 5.1: E at the optimum", E_o, a_ / (1 + 500 * a_) * torch.eye(3, dtype=DT), rtol=1e-10)
-checks.cmp("Ex 5.1: C_0 at the optimum", C_o[0], torch.diag(torch.tensor([a_k / (1 + 500 * a_k), a_k, a_k], dtype=DT)), rtol=1e-10)
-checks.cmp("Ex 5.1: a layer leaves the optimum fixed", redunet.layer(U, E_o, C_o, gam_o, 0.5, labels=ycl), U, atol=1e-12)
+checks.cmp(
+    "Ex 5.1: C_0 at the optimum",
+    C_o[0],
+    torch.diag(torch.tensor([a_k / (1 + 500 * a_k), a_k, a_k], dtype=DT)),
+    rtol=1e-10,
+)
+checks.cmp(
+    "Ex 5.1: a layer leaves the optimum fixed", redunet.layer(U, E_o, C_o, gam_o, 0.5, labels=ycl), U, atol=1e-12
+)
 
 # %% [markdown]
 # ### Exercise 5.2 (implement)
@@ -821,6 +987,7 @@ checks.cmp("Ex 5.1: a layer leaves the optimum fixed", redunet.layer(U, E_o, C_o
 # $(I + \alpha ZZ^\top)^{-1}$: solve the $N\times N$ system $(I + \alpha Z^\top Z)q = \alpha Z^\top z$
 # for all $d$ basis vectors $z = e_j$ at once and return $E$ (d, d). (When is this the
 # cheaper route?)
+
 
 # %%
 def expansion_via_ridge(Z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -830,7 +997,9 @@ def expansion_via_ridge(Z: torch.Tensor, eps: float) -> torch.Tensor:
     alpha = d / (N * eps**2)
     Zc = Z.T  # (d, N)
     I_d = torch.eye(d, dtype=Z.dtype)
-    Q = torch.linalg.solve(torch.eye(N, dtype=Z.dtype) + alpha * Zc.T @ Zc, alpha * Zc.T @ I_d)  # (N, d): q for each e_j
+    Q = torch.linalg.solve(
+        torch.eye(N, dtype=Z.dtype) + alpha * Zc.T @ Zc, alpha * Zc.T @ I_d
+    )  # (N, d): q for each e_j
     return alpha * (I_d - Zc @ Q)  # (d, d): column j is E e_j
     # END SOLUTION
 
@@ -838,7 +1007,12 @@ def expansion_via_ridge(Z: torch.Tensor, eps: float) -> torch.Tensor:
 # %%
 # self-check: against the operator of crate_lite
 Zs = torch.nn.functional.normalize(torch.randn(12, 30, generator=g, dtype=DT), dim=1)  # N < d: ridge is cheaper
-checks.cmp("Exercise 5.2: E via ridge", expansion_via_ridge(Zs, 0.5), redunet.operators(Zs, torch.arange(12) % 2, 0.5)[0], rtol=1e-8)
+checks.cmp(
+    "Exercise 5.2: E via ridge",
+    expansion_via_ridge(Zs, 0.5),
+    redunet.operators(Zs, torch.arange(12) % 2, 0.5)[0],
+    rtol=1e-8,
+)
 
 # %% tags=["hidden-test"] points=2
 _Z = torch.nn.functional.normalize(torch.randn(50, 4, dtype=DT), dim=1)
@@ -849,6 +1023,7 @@ checks.cmp("hidden 5.2", expansion_via_ridge(_Z, 0.3), redunet.operators(_Z, tor
 # Classify held-out points *by the network itself*: run them through the stored layers
 # and return, for each point, the class of largest soft membership (5.5) at the last
 # layer. Use `net.transform(..., depth=L-1)`, then `net.C[L-1]` and `net.sharpness`.
+
 
 # %%
 def predict_by_membership(net: redunet.ReduNet, Z: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,7 @@ rec.log("R^c(Z|U) of the data", float(rc0), unit="nats", data=DATA, note=f"eps={
 #
 # $$ \nabla_Z R^c(Z \mid U_{[K]}) = \beta \sum_{k=1}^K U_k V_k \big(I_N + \beta V_k^\top V_k\big)^{-1}. \tag{6.3} $$
 
+
 # %%
 def grad_rc(Zc: torch.Tensor, U: torch.Tensor, eps: float) -> torch.Tensor:
     """(6.3): exact gradient of R^c with respect to Z (d, N)."""
@@ -159,6 +160,7 @@ for mistake in ("1/2 not cancelled (factor 2)", "inverse dropped", "sign inside 
 # $s^2/(1+s)$ with $s = \beta \|V_k^\top V_k\|_2$: quadratic in the *scale* $s$. We check this closed form
 # against an explicit inverse while scaling the tokens (which scales $s$ quadratically), and measure how
 # far the approximate gradient (6.5) is from the exact one (6.3).
+
 
 # %%
 def grad_rc_neumann(Zc: torch.Tensor, U: torch.Tensor, eps: float) -> torch.Tensor:
@@ -286,6 +288,7 @@ rec.log("Neumann gradient error vs eps", list(g_err_eps.values()), data=DATA, no
 # all $K$ subspaces without weights and puts the membership on the tokens instead. In both, an unknown
 # hard assignment (the label there, which tokens belong together here) is replaced by a softmax of
 # similarities, and in both the softmax enters where the exact gradient has a linear term.
+
 
 # %%
 def mssa_math(Zc: torch.Tensor, U: torch.Tensor, eps: float) -> torch.Tensor:
@@ -476,6 +479,7 @@ checks.cmp(
 # $\mathrm{ReLU}(Y + \eta(YW - YW^\top W) - \eta\lambda)$, which is `sparse.ista_step(Y, Y, W, lam, eta, nonneg=True)`.
 # (Equations 6.8-6.9 are the reference code's attention and layer, in section 6.6.)
 
+
 # %%
 def ista_block_math(Zc: torch.Tensor, D: torch.Tensor, eta: float, lam: float) -> torch.Tensor:
     """(6.10) in the column convention: one non-negative ISTA step from Z."""
@@ -504,7 +508,13 @@ checks.cmp(
     "LASSO objective (chapter 04) by hand", F_one, 0.5 * (Y - D @ Z1).square().sum() + lam * Z1.abs().sum(), rtol=1e-12
 )
 Z5, hist = sparse.ista(Y.T, D, lam, 5, step_size=eta, nonneg=True, Z0=Z1.T, return_history=True)
-zeros = lambda M: float((M == 0).double().mean())
+
+
+def zeros(M: torch.Tensor) -> float:
+    """Fraction of exact zeros of M."""
+    return float((M == 0).double().mean())
+
+
 print(
     f"LASSO objective: {float(F_start):.3f} at Y -> {float(F_one):.3f} after one step; "
     f"zeros: Y {zeros(Y):.3f}, ReLU(Y) {zeros(torch.relu(Y)):.3f}, one step {zeros(Z1):.3f}"
@@ -574,6 +584,7 @@ for name, Zn in ista_variants.items():
 # is carried over. A coherent dictionary (atoms leaning on each other) breaks the first step. (This is an
 # argument about the LASSO's solution; one warm-started step moves only part of the way to it.)
 
+
 # %%
 def R_(M: torch.Tensor) -> torch.Tensor:
     return coding_rate(M.T, eps)  # (6.1)'s R; M (d, N), rows of M.T are tokens
@@ -631,6 +642,7 @@ assert abs(float(R_(D_near @ Z1) - R_(Z1))) < 0.1 * abs(float(R_(D_coh @ Z1) - R
 #
 # We measure what the first relaxations do to one compression step on our data: each row changes one
 # more thing, starting from the derived step (6.7).
+
 
 # %%
 def step_variant(Zc, U, eps, kappa, *, temp=1.0, shrink=True):
@@ -690,18 +702,21 @@ with torch.no_grad():  # move the LayerNorm affine parameters off their init so 
 
 def layer_scratch(Zc: torch.Tensor, L: C.CRATELayer) -> torch.Tensor:
     """(6.8)-(6.10), column convention, Z (d, N) -> (d, N)."""
+
     def ln(A, m):  # normalise each column (token)
         A = (A - A.mean(0)) / torch.sqrt(A.var(0, unbiased=False) + m.eps)
         return A * m.weight[:, None] + m.bias[:, None]
+
     Y = ln(Zc, L.norm1)
     Uall, hd = L.mssa.qkv.weight, L.mssa.dim_head  # (K p, d)
     heads = []
     for k in range(L.mssa.heads):
-        V = Uall[k * hd:(k + 1) * hd] @ Y  # (p, N)
+        V = Uall[k * hd : (k + 1) * hd] @ Y  # (p, N)
         heads.append(V @ torch.softmax(V.T @ V / math.sqrt(hd), dim=0))  # (p, N), softmax over tokens i
     Zh = Zc + L.mssa.to_out.weight @ torch.cat(heads) + L.mssa.to_out.bias[:, None]  # (6.9)
     Yh, D = ln(Zh, L.norm2), L.ista.weight
     return torch.relu(Yh + L.ista.step_size * D.T @ (Yh - D @ Yh) - L.ista.step_size * L.ista.lam)  # (6.10)
+
 
 # %%
 Zt = torch.randn(2, 17, cfg.dim)  # (B, N, d)
@@ -711,7 +726,9 @@ with torch.no_grad():
 checks.cmp("scratch layer == crate_lite literal", out_lit, scratch, atol=1e-5, rtol=0)
 checks.cmp("literal layer == fast layer", out_fast, out_lit, atol=1e-5, rtol=0)
 W = layer.ista.weight.detach()
-checks.cmp("(6.11) M == I + eta (W - W^T W)", C.ista_matrix(W, 0.1), torch.eye(cfg.dim) + 0.1 * (W - W.T @ W), atol=1e-6)
+checks.cmp(
+    "(6.11) M == I + eta (W - W^T W)", C.ista_matrix(W, 0.1), torch.eye(cfg.dim) + 0.1 * (W - W.T @ W), atol=1e-6
+)
 
 # %% [markdown]
 # Plausible slips in (6.8)-(6.10), each compared with the package the same way (each must be rejected):
@@ -765,7 +782,11 @@ for fast in (True, False):
     layer(Zt, fast=fast).square().sum().backward()
     grads[fast] = torch.cat([q.grad.flatten() for q in layer.parameters()])
 checks.cmp("literal vs fast: parameter gradients", grads[True], grads[False], atol=1e-4, rtol=1e-4)
-rec.log("max |fast - literal| layer output", float((out_fast - out_lit).abs().max()), data="random tokens, smoke preset layer")
+rec.log(
+    "max |fast - literal| layer output",
+    float((out_fast - out_lit).abs().max()),
+    data="random tokens, smoke preset layer",
+)
 
 # %% [markdown]
 # ## 6.7 Parameter counts
@@ -827,9 +848,13 @@ with torch.no_grad():
     logits_lit = model(img, fast=False)
 checks.cmp("CRATE logits: literal == fast", logits_fast, logits_lit, atol=1e-5, rtol=0)
 checks.check_shape("attention of layer 0", inter.attentions[0], (8, 4, 17, 17))
-print("R^c of each layer's MSSA input (untrained):",
-      [round(float(subspace_coding_rate(y, L.mssa.subspaces().detach(), 0.5).mean()), 2)
-       for y, L in zip(inter.mssa_inputs, model.layers)])
+print(
+    "R^c of each layer's MSSA input (untrained):",
+    [
+        round(float(subspace_coding_rate(y, L.mssa.subspaces().detach(), 0.5).mean()), 2)
+        for y, L in zip(inter.mssa_inputs, model.layers)
+    ],
+)
 
 # %% [markdown]
 # ## Summary
@@ -905,6 +930,7 @@ checks.must_fail(
 # ($(I+\beta A)^{-1} \approx I - \beta A + \beta^2 A^2$), columns are tokens, `Zc` of shape `(d, N)`,
 # `U` of shape `(K, d, p)`.
 
+
 # %%
 def grad_rc_neumann2(Zc: torch.Tensor, U: torch.Tensor, eps: float) -> torch.Tensor:
     # BEGIN SOLUTION
@@ -935,6 +961,7 @@ checks.cmp("hidden: second-order Neumann gradient", grad_rc_neumann2(Zh2, Uh2, 0
 # Implement `causal_mssa(y, qkv_weight, heads)` in the row layout for `y` of shape `(B, N, d)`, returning
 # the concatenated heads `(B, N, K p)` (before any output projection), with the $1/\sqrt p$ temperature of
 # the reference code.
+
 
 # %%
 def causal_mssa(y: torch.Tensor, qkv_weight: torch.Tensor, heads: int) -> torch.Tensor:

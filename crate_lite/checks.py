@@ -73,6 +73,14 @@ def must_fail(what: str, check: Callable[[], object]) -> str:
     raise AssertionError(f"the check accepted the wrong variant '{what}': it cannot tell it from the right one")
 
 
+def rejects(name: str, actual: ArrayLike, expected: ArrayLike, *, rtol: float = 1e-6, atol: float = 1e-8) -> bool:
+    """:func:`must_fail` for the common case: ``cmp(name, actual, expected)`` of a wrong
+    variant must fail. Returns True (so ``assert checks.rejects(...)`` reads as it means);
+    raises ``AssertionError`` when the comparison accepts the wrong variant."""
+    must_fail(name, lambda: cmp(name, actual, expected, rtol=rtol, atol=atol, quiet=True))
+    return True
+
+
 def check_shape(name: str, x: torch.Tensor | np.ndarray, expected: Sequence[int | None]) -> None:
     """Assert that ``x`` has shape ``expected`` (``None`` matches any size)."""
     got = tuple(x.shape)

@@ -43,9 +43,10 @@ lab: $(STAMP) notebooks-config
 
 .PHONY: notebooks-config
 notebooks-config: $(STAMP)
-	@# open .py chapters as notebooks by default (jupytext's default viewer)
+	@# open .py chapters as notebooks by default (jupytext's default viewer); no news or update prompt
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
-	@printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+	@printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}},' \
+	  ' "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
 	  > $(VENV)/share/jupyter/lab/settings/overrides.json
 
 chapters/%.ipynb: chapters/%.py $(STAMP)

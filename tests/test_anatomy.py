@@ -92,6 +92,15 @@ def test_setup_cell(chapter):
     assert "utils.setup(" in code.source, f"{path.name}: setup cell does not call utils.setup"
 
 
+def test_kernel_named_in_chapter_and_student_version(chapter):
+    """Each chapter names the course kernel (python3: the interpreter JupyterLab runs from,
+    the environment ``make lab`` set up), so it opens without a "Select Kernel" dialog."""
+    path, nb = chapter
+    for version, notebook in [("instructor", nb), ("student", student_notebook(nb))]:
+        spec = notebook.metadata.get("kernelspec", {})
+        assert spec.get("name") == "python3", f"{path.name} ({version} version): kernelspec {spec!r}"
+
+
 def test_closing_sections_survive_in_student_version(chapter):
     path, nb = chapter
     wanted = ["## Summary", "## Exercises", "## References"]

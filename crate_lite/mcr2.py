@@ -51,8 +51,8 @@ def rate_reduction_grad(Z: torch.Tensor, labels: torch.Tensor, eps: float) -> to
     Rows as samples: grad = Z E - sum_k gamma_k diag(pi_k) Z C_k, with
     E = alpha (I_d + alpha Z^T Z)^{-1}, C_k = alpha_k (I_d + alpha_k Z^T diag(pi_k) Z)^{-1} and
     gamma_k = N_k/N (the operators of chapter 05, eqs. 5.1-5.2); since gamma_k alpha_k = alpha,
-    the code evaluates alpha Z (I + alpha Z^T Z)^{-1} - alpha sum_k diag(pi_k) Z (I + ...)^{-1}. ``labels`` integer (N,) or soft
-    memberships (N, K). Returns shape (N, d), in ``Z``'s dtype.
+    the code evaluates alpha Z (I + alpha Z^T Z)^{-1} - alpha sum_k diag(pi_k) Z (I + ...)^{-1}.
+    ``labels`` integer (N,) or soft memberships (N, K). Returns shape (N, d), in ``Z``'s dtype.
 
     Evaluated in float64. Each C_k is applied through the Cholesky factor of
     I + alpha_k Z^T diag(pi_k) Z; where rounding makes that factorisation fail (tiny eps,

@@ -56,12 +56,12 @@ Cell numbers N count the chapter's own cells from 0 (the injected cell is not co
 Limits: references kept in containers (dicts, lists, default arguments) and subprocesses
 started by the chapter are not mutated.
 """
+
 from __future__ import annotations
 
 import argparse
 import ast
 import importlib
-import json
 import os
 import re
 import sys
@@ -75,7 +75,7 @@ CELL_TIMEOUT = 300
 
 # The injected cell. {target!r}, {mutation!r}, {part!r} are filled in; it must be plain
 # Python that runs in the kernel before the chapter's first cell.
-INJECT = r'''
+INJECT = r"""
 # --- mutation_check: injected cell (not part of the chapter) ---
 import functools as _mc_functools, importlib as _mc_importlib, inspect as _mc_inspect
 import math as _mc_math, pkgutil as _mc_pkgutil, sys as _mc_sys
@@ -195,7 +195,7 @@ for _mc_modname, _mc_mod in list(_mc_sys.modules.items()):
             setattr(_mc_mod, _mc_attr, _mc_wrapper)
             _mc_patched.append(f"{{_mc_modname}}.{{_mc_attr}}")
 print("mutation_check: patched", sorted(set(_mc_patched)), "with", repr(_MC_MUTATION))
-'''
+"""
 
 COUNT = 'print("MUTATION_CHECK_CALLS", _mc_calls[0], _mc_skipped[0], repr(_mc_usage[0]))'
 
@@ -220,7 +220,7 @@ def read_notebook(path: Path):
 def _parse(src: str) -> ast.AST | None:
     try:
         return ast.parse(src)
-    except SyntaxError:                 # cell magics / shell escapes
+    except SyntaxError:  # cell magics / shell escapes
         lines = [ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))]
         try:
             return ast.parse("\n".join(lines))
@@ -270,7 +270,7 @@ def list_used(path: Path) -> list[tuple[str, str, int]]:
         if not mod.startswith(PACKAGE):
             continue
         qual = getattr(obj, "__qualname__", obj.__name__)
-        out.append((f"{mod}.{qual}"[len(PACKAGE) + 1:], full[len(PACKAGE) + 1:], n))
+        out.append((f"{mod}.{qual}"[len(PACKAGE) + 1 :], full[len(PACKAGE) + 1 :], n))
     # one row per (definition, spelling)
     rows = {}
     for d, w, n in out:
@@ -311,9 +311,10 @@ def run(path: Path, target: str, mutation: str, profile: str, part: int | None) 
         try:
             compile(mutation, "<mutation>", "eval")
         except SyntaxError as e:
-            raise SystemExit(f"usage error: MUTATION {mutation!r} is neither {known}, halve-arg:NAME nor an expression: {e}")
+            raise SystemExit(
+                f"usage error: MUTATION {mutation!r} is neither {known}, halve-arg:NAME nor an expression: {e}"
+            )
     nb = read_notebook(path)
-    n_own = len(nb.cells)
     nb.cells.insert(0, nbformat.v4.new_code_cell(INJECT.format(target=target, mutation=mutation, part=part)))
     tmp = tempfile.TemporaryDirectory(prefix="mutation_check_")
     # the kernel's environment (this process's is left alone); its spec says "python": make
@@ -321,8 +322,9 @@ def run(path: Path, target: str, mutation: str, profile: str, part: int | None) 
     env = dict(os.environ, CRATE_PROFILE=profile, CRATE_BUILD=tmp.name)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("MPLBACKEND", "Agg")
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     print(f"mutation_check: {path.name}  crate_lite.{target}  {mutation!r}  profile={profile}", flush=True)
     with client.setup_kernel(env=env):
         failed, err = None, ""
@@ -364,26 +366,31 @@ def run(path: Path, target: str, mutation: str, profile: str, part: int | None) 
         src = nb.cells[failed].source.strip().splitlines()
         head = src[0][:80] if src else ""
         if calls == 0:
-            print(f"INCONCLUSIVE: cell {failed - 1} raised {err} before crate_lite.{target} was ever mutated "
-                  f"(run MUTATION none to see whether the chapter passes unmutated)")
+            print(
+                f"INCONCLUSIVE: cell {failed - 1} raised {err} before crate_lite.{target} was ever mutated "
+                f"(run MUTATION none to see whether the chapter passes unmutated)"
+            )
             return 3
         print(f"KILLED: cell {failed - 1} raised {err}  [{head!r}; function called {ncalls} times]")
         return 0
     if mutation == "none":
         print(f"SURVIVED (baseline, no mutation: the chapter passes; function called {ncalls} times)")
     elif calls == 0:
-        print(f"SURVIVED (crate_lite.{target} was never called by the chapter, or never with the "
-              f"argument set: {ncalls} calls)")
+        print(
+            f"SURVIVED (crate_lite.{target} was never called by the chapter, or never with the "
+            f"argument set: {ncalls} calls)"
+        )
     else:
-        print(f"SURVIVED: {path.name} passed with crate_lite.{target} mutated by {mutation!r} "
-              f"(called {ncalls} times)")
+        print(f"SURVIVED: {path.name} passed with crate_lite.{target} mutated by {mutation!r} (called {ncalls} times)")
     return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="See the module docstring for mutations and exit codes.")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for mutations and exit codes.",
+    )
     ap.add_argument("chapter")
     ap.add_argument("target", nargs="?", help="MODULE.FUNC relative to crate_lite")
     ap.add_argument("mutation", nargs="?")

@@ -1,16 +1,16 @@
 """scripts/mutation_check.py on a tiny generated chapter (not a real one): a chapter whose
 check compares the package's function with an independent computation must be KILLED when
 the function is scaled by 1.001, and must pass unmutated."""
+
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTER = '''# %% [markdown]
+CHAPTER = """# %% [markdown]
 # # Tiny chapter
 
 # %%
@@ -20,7 +20,7 @@ from crate_lite.sparse import soft_threshold
 x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
 by_hand = torch.sign(x) * torch.clamp(x.abs() - 1.0, min=0.0)
 assert torch.allclose(soft_threshold(x, 1.0), by_hand, rtol=1e-6, atol=1e-7)
-'''
+"""
 
 
 @pytest.fixture(scope="module")

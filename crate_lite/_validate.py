@@ -8,8 +8,11 @@ the checked value (converted where the docstring says so).
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -69,6 +72,30 @@ def tokens(name: str, x: object, dim: int | None = None, *, finite: bool = False
     x = tensor(name, x, ndim=3, finite=finite)
     if dim is not None and x.shape[-1] != dim:
         raise ValueError(f"{name}: expected shape (B, N, {dim}), got {tuple(x.shape)}")
+    return x
+
+
+class NonFiniteError(ValueError):
+    """NaN or inf where finite entries are expected (raised by :func:`finite_on_cpu`)."""
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing (value checks would break its graph: skipped)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
+def finite_on_cpu(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Refuse NaN or inf in a floating ``x`` when that costs no device synchronisation: for
+    tensors on the CPU. On a GPU, reading the answer would stall the queue of kernels on every
+    call, so the models check their *output* instead where that is cheap (eval mode) and
+    ``train.fit`` checks the loss of every step (see ``crate_lite.models.parts.Backbone``)."""
+    if x.device.type != "cpu" or not x.is_floating_point() or compiling():
+        return x
+    # a finite sum proves every entry finite (NaN and inf propagate); only when it is not (or the
+    # sum of finite entries overflowed) is every entry tested: ~20x cheaper in the common case
+    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"{name}: expected finite entries, got NaN or inf")
     return x
 
 
@@ -167,6 +194,91 @@ def flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__} {value!r}")
     return value
+
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: NumPy's legacy ``np.random.seed`` takes [0, 2**32 - 1], and seeds derived
+from it (``seed * 1_000_003 + step * 1009 + part`` in the training loop) stay below 2**63."""
+
+
+def seed(name: str, value: object) -> int:
+    """Check that ``value`` is an int seed in [0, :data:`SEED_MAX`] (what ``torch``, NumPy and
+    the training loop's derived seeds all accept)."""
+    value = integer(name, value, minimum=0)
+    if value > SEED_MAX:
+        raise ValueError(f"{name}: expected an int seed in [0, 2**32 - 1], got {value}")
+    return value
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def env_flag(name: str, value: str | None, *, strict: bool = True) -> bool:
+    """A boolean environment variable ``name`` whose text is ``value`` (None when unset):
+    ``1/true/yes/on`` -> True, ``0/false/no/off``, empty or unset -> False (case and
+    surrounding spaces ignored). Anything else is a ``ValueError`` naming the variable, or,
+    with ``strict=False`` (for variables other tools set, such as ``CI=woodpecker``), True."""
+    text = "" if value is None else str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    if not strict:
+        return True
+    raise ValueError(f"{name}: expected one of 1/true/yes/on or 0/false/no/off (or unset), got {value!r}")
+
+
+def dtype(name: str, value: object) -> torch.dtype:
+    """Check that ``value`` is a ``torch.dtype`` (``torch.float32``, not the string ``"float32"``)."""
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"{name}: expected a torch.dtype such as torch.float32, got {type(value).__name__} {value!r}")
+    return value
+
+
+def device(name: str, value: object, *, available: bool = False) -> torch.device:
+    """``value`` (a str such as ``"cuda:1"``, or a ``torch.device``) as a ``torch.device``;
+    with ``available``, also check that this machine has it (CUDA compiled in and enough GPUs,
+    or Apple's MPS), so that a run fails before its first step rather than at ``.to(device)``."""
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{name}: expected a str such as 'cpu' or 'cuda', got {type(value).__name__}")
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"{name}: expected a device such as 'cpu', 'cuda' or 'cuda:1', got {value!r}") from None
+    if available and dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"{name}: expected a device this machine has ({count} CUDA devices), got {value!r}")
+    if available and dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{name}: expected a device this machine has (no MPS here), got {value!r}")
+    return dev
+
+
+def path(name: str, value: object) -> Path:
+    """Check that ``value`` is a path (a str or ``os.PathLike``); returns a ``Path``."""
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a path (str or os.PathLike), got {type(value).__name__}")
+    return Path(value)
+
+
+def writable_file(name: str, value: object) -> Path:
+    """Check, before any work is done, that a file can be written at ``value``: not a
+    directory, and its nearest existing ancestor a writable directory (the missing folders
+    can then be created). Nothing is created. Returns the path."""
+    p = path(name, value)
+    if p.is_dir():
+        raise ValueError(f"{name}: expected a file path, got the directory {p}")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{name}: cannot create {p}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: cannot create {p}: the folder {ancestor} is not writable")
+    return p
 
 
 def choice(name: str, value: object, options: Sequence[object]) -> object:

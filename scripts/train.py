@@ -22,21 +22,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import torch
 
+from crate_lite import _validate as v
 from crate_lite import data, train
 from crate_lite.models import CRATE, CRATEConfig, ViT
-from crate_lite.train.checkpoint import prepare_checkpoint_path
+from crate_lite.train.checkpoint import check_same_run, prepare_checkpoint_path
 from crate_lite.utils import atomic_write
 
 IMAGE_SIZE = {"digits": 8, "mnist": 28, "cifar10": 32}
 DEFAULT_PATCH = {"digits": 2, "mnist": 7, "cifar10": 4}
 
 
-def _number(kind: type, minimum: float, *, strict: bool = False):
-    """argparse type: a ``kind`` number >= ``minimum`` (> with ``strict``)."""
+def _number(kind: type, minimum: float, *, strict: bool = False, maximum: float | None = None):
+    """argparse type: a ``kind`` number >= ``minimum`` (> with ``strict``), <= ``maximum`` if given."""
 
     def parse(text: str):
         try:
@@ -46,6 +48,8 @@ def _number(kind: type, minimum: float, *, strict: bool = False):
         if value != value or value in (float("inf"), float("-inf")) or value < minimum or (strict and value == minimum):
             what = "an integer" if kind is int else "a finite number"
             raise argparse.ArgumentTypeError(f"expected {what} {'>' if strict else '>='} {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected at most {maximum}, got {text}")
         return value
 
     return parse
@@ -81,7 +85,12 @@ def parser() -> argparse.ArgumentParser:
     add("--checkpoint", default=None, help="checkpoint file: saved there, resumed from when it exists")
     add("--checkpoint-every", type=nonneg_int, default=0, help="save every N steps; 0: only at the end (default)")
     add("--no-resume", action="store_true", help="start afresh even if --checkpoint exists (overwrites it)")
-    add("--seed", type=nonneg_int, default=0, help="seed of the weights, data order and split (default 0)")
+    add(
+        "--seed",
+        type=_number(int, 0, maximum=v.SEED_MAX),
+        default=0,
+        help="seed of the weights, data order and split, in [0, 2**32 - 1] (default 0)",
+    )
     add("--threads", type=pos_int, default=None, help="torch CPU threads per process (default: torch's)")
     add("--device", default=None, help="device, e.g. cuda or cpu (default: cuda:LOCAL_RANK under torchrun, else cpu)")
     add("--compile", action="store_true", help="wrap the model in torch.compile")
@@ -90,8 +99,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+FLAGS = {"warmup_steps": "--warmup", "ema_decay": "--ema-decay", "batch_size": "--batch-size"}
+"""TrainConfig fields whose flag is not ``--`` + the field name with dashes."""
+
+
+def _flag(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def check(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.TrainConfig:
-    """Cross-flag checks and the TrainConfig, before any data is loaded (argparse-style errors)."""
+    """Cross-flag checks and the TrainConfig, before any data is loaded (argparse-style errors):
+    the device exists on this machine, ``--out`` and ``--checkpoint`` can be written, and an
+    existing checkpoint to resume from is readable and was written by the same run."""
     if a.dim % a.heads:
         p.error(f"--heads: expected a divisor of --dim={a.dim}, got {a.heads}")
     size, a.patch = IMAGE_SIZE[a.data], a.patch or DEFAULT_PATCH[a.data]
@@ -99,11 +118,39 @@ def check(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.TrainConfi
         p.error(f"--patch: expected a divisor of the image size {size} of --data={a.data}, got {a.patch}")
     if a.batch_size % a.accum_steps:
         p.error(f"--batch-size: expected a multiple of --accum-steps={a.accum_steps}, got {a.batch_size}")
+    if a.device is not None:
+        try:
+            v.device("device", a.device, available=True)
+        except (TypeError, ValueError) as err:
+            p.error(f"--{err}")
+    if a.out is not None:
+        try:
+            v.writable_file("out", a.out)
+        except (TypeError, ValueError) as err:
+            p.error(f"--{err}")
     if a.checkpoint is not None:
         try:
             prepare_checkpoint_path(a.checkpoint)
         except train.CheckpointError as err:
             p.error(f"--checkpoint: {err}")
+    tc = _train_config(p, a)
+    if a.checkpoint is not None and tc.resume and os.path.isfile(a.checkpoint):
+        try:  # read now, not after loading the data: a corrupt file or another run's fails here
+            check_same_run(train.read_checkpoint(a.checkpoint)["config"], tc, a.checkpoint)
+        except train.CheckpointError as err:
+            p.error(_checkpoint_message(err))
+    return tc
+
+
+def _checkpoint_message(err: Exception) -> str:
+    """An argparse message for a checkpoint that cannot be resumed, naming the flags that help."""
+    text = str(err).replace("resume=False", "--no-resume")  # the flag that sets it
+    if "--no-resume" not in text:
+        text += " (use another --checkpoint path, or --no-resume to start afresh and overwrite it)"
+    return f"--checkpoint: {text}"
+
+
+def _train_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.TrainConfig:
     try:
         return train.TrainConfig(
             steps=a.steps,
@@ -123,7 +170,8 @@ def check(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.TrainConfi
             device=a.device,
         )
     except (TypeError, ValueError) as err:
-        p.error(str(err))
+        field, _, rest = str(err).partition(":")
+        p.error(f"{_flag(field)}:{rest}" if rest else str(err))
 
 
 def build_model(a: argparse.Namespace, X: torch.Tensor) -> tuple[torch.nn.Module, CRATEConfig]:
@@ -195,10 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     rank, world, _ = train.init_distributed()
     try:
         out = run(a, tc, rank, world)
-    except train.ResumeConflictError as err:
-        p.error(f"--checkpoint: {err}".replace("resume=False", "--no-resume"))  # the flag that sets it
-    except train.CheckpointError as err:
-        p.error(f"--checkpoint: {err}")
+    except train.CheckpointError as err:  # read again after loading the data: only a race gets here
+        p.error(_checkpoint_message(err))
     finally:
         train.cleanup_distributed()
     if out is not None:

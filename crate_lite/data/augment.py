@@ -93,7 +93,7 @@ def random_shift(max_shift: int) -> Augment:
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
     """Mirror every image of ``x`` (B, C, H, W) left-right (an involution)."""
-    return x.flip(-1)
+    return _check_batch(x).flip(-1)
 
 
 def random_hflip(p: float = 0.5) -> Augment:

@@ -192,7 +192,7 @@ def load_cifar10(
     that refuses any other object (:func:`read_cifar10_batch`), never plain ``pickle.load``.
     """
     v.choice("split", split, ["train", "test"])
-    if not (dtype == torch.uint8 or dtype.is_floating_point):
+    if not (v.dtype("dtype", dtype) == torch.uint8 or dtype.is_floating_point):
         raise ValueError(f"dtype: expected torch.uint8 or a floating dtype, got {dtype}")
     X, y = _cifar10_arrays(split, data_root(root), download_missing)
     X = torch.from_numpy(X)
@@ -205,11 +205,17 @@ def load_cifar10(
 
 
 def _find_folder(name_or_path: str | os.PathLike, split: str | None, root: str | os.PathLike | None) -> Path:
-    folder = Path(name_or_path)
+    folder = v.path("name_or_path", name_or_path)
+    if split is not None and not isinstance(split, str):
+        raise TypeError(f"split: expected a str such as 'train' or None, got {type(split).__name__}")
     if not folder.is_absolute() and not folder.exists():
         folder = data_root(root) / folder
     if split is not None:
         folder = folder / split
+    if folder.is_file():
+        raise DatasetNotFoundError(
+            f"name_or_path: expected a folder of <class>/ subfolders of images, got the file {folder}"
+        )
     if not folder.is_dir():
         raise DatasetNotFoundError(
             f"{folder}: no such folder (expected <class>/ subfolders of images; set CRATE_DATA?)"
@@ -218,16 +224,22 @@ def _find_folder(name_or_path: str | os.PathLike, split: str | None, root: str |
 
 
 def _list_images(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """``([(path, label), ...], classes)``: classes sorted by name, files sorted within each."""
+    """``([(path, label), ...], classes)``: classes sorted by name, files sorted within each.
+    A folder without class subfolders, or whose class subfolders hold no image files, is a
+    :class:`DatasetNotFoundError` (an empty data set would only fail later, obscurely)."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
-        raise DatasetNotFoundError(f"{folder}: no class subfolders")
+        raise DatasetNotFoundError(f"{folder}: no class subfolders (the folder is empty of <class>/ folders)")
     samples = [
         (path, label)
         for label, cls in enumerate(classes)
         for path in sorted((folder / cls).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES
     ]
+    if not samples:
+        raise DatasetNotFoundError(
+            f"{folder}: no images (files ending {', '.join(IMAGE_SUFFIXES)}) in its class folders {classes}"
+        )
     return samples, classes
 
 
@@ -287,6 +299,8 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= int(i) < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images in {self.folder}")
         path, label = self.samples[i]
         arr = _read_image(path)
         x = torch.from_numpy(arr.astype(np.float32) / 255.0)

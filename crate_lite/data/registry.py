@@ -2,7 +2,8 @@
 
 Order of search (``datasets/README.md``): an explicit ``root``, else ``$CRATE_DATA``
 (default: the checkout's ``datasets/`` folder); if a registered file is missing there, a
-verified download from the manifest's mirrors (unless ``CRATE_OFFLINE`` or ``CI`` is set).
+verified download from the manifest's mirrors (unless ``CRATE_OFFLINE`` or ``CI`` is true:
+booleans, ``1/true/yes/on`` or ``0/false/no/off``; ``CRATE_OFFLINE=0`` allows downloads).
 
 Checksums: every file in ``datasets/manifest.json`` carries a SHA-256, except where the
 publisher gives only an MD5 (CIFAR-10's python archive): then the MD5 is verified. MD5 is
@@ -15,7 +16,9 @@ import gzip
 import hashlib
 import json
 import os
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -36,15 +39,33 @@ class DataIntegrityError(ValueError):
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """``root`` if given, else ``$CRATE_DATA``, else the checkout's ``datasets/`` folder."""
+    """``root`` if given, else ``$CRATE_DATA``, else the checkout's ``datasets/`` folder.
+
+    The root need not exist yet (a download creates it), but if it exists it must be a
+    folder: a file is refused with :class:`DatasetNotFoundError` naming ``root`` or
+    ``CRATE_DATA``, rather than failing later inside a download."""
     if root is not None:
-        return Path(root)
-    return Path(os.environ.get("CRATE_DATA") or PROJECT_ROOT / "datasets")
+        name, folder = "root", v.path("root", root)
+    elif os.environ.get("CRATE_DATA"):
+        name, folder = "CRATE_DATA", Path(os.environ["CRATE_DATA"])
+    else:
+        name, folder = "data root", PROJECT_ROOT / "datasets"
+    if folder.exists() and not folder.is_dir():
+        raise DatasetNotFoundError(f"{name}: expected a folder of data sets, got the file {folder}")
+    return folder
 
 
 def downloads_allowed() -> bool:
-    """False when ``CRATE_OFFLINE`` or ``CI`` is set (tests and CI never use the network)."""
-    return not (os.environ.get("CRATE_OFFLINE") or os.environ.get("CI"))
+    """Whether :func:`fetch` may download: not when ``CRATE_OFFLINE`` is true, nor when ``CI``
+    is (tests and CI never use the network).
+
+    Both are booleans: ``1/true/yes/on`` or ``0/false/no/off`` (empty or unset: false), so
+    ``CRATE_OFFLINE=0`` allows downloads. Any other value of ``CRATE_OFFLINE`` is a
+    ``ValueError``; ``CI`` is set by other tools, so any other value of it counts as true.
+    """
+    offline = v.env_flag("CRATE_OFFLINE", os.environ.get("CRATE_OFFLINE"))
+    ci = v.env_flag("CI", os.environ.get("CI"), strict=False)
+    return not (offline or ci)
 
 
 def manifest() -> dict:
@@ -105,6 +126,7 @@ def download(
     md5: str | None = None,
     gunzip: bool = False,
     timeout: float = 30.0,
+    deadline: float = 3600.0,
 ) -> Path:
     """Download ``url`` to ``dest``, resumably and atomically, and verify its checksum.
 
@@ -112,22 +134,47 @@ def download(
     when the server allows it, else starts over. Only a verified file (SHA-256, or MD5
     where that is all the publisher gives) is renamed to ``dest``; a file that fails its
     checksum is deleted and the error names it.
+
+    ``timeout`` (seconds) bounds each network operation (connecting, each read); ``deadline``
+    (seconds) bounds the whole download, so a server that trickles bytes just fast enough
+    to beat the per-read timeout cannot keep it alive forever: past the deadline it stops
+    (within one more ``timeout``) with :class:`DatasetNotFoundError`, keeping ``dest.part``
+    for a later resume.
     """
     _expected(sha256, md5)  # refuse to download what cannot be checked
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(url, str):
+        raise TypeError(f"url: expected a str, got {type(url).__name__}")
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https", "ftp", "file"):
+        raise ValueError(f"url: expected an http(s), ftp or file URL, got {url!r}")
+    timeout = v.positive("timeout", timeout)
+    deadline = v.positive("deadline", deadline)
+    dest = v.path("dest", dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatasetNotFoundError(f"dest: cannot create the folder of {dest} ({err})") from err
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    stop_at = time.monotonic() + deadline
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response:
             mode = "ab" if have and response.status == 206 else "wb"
             with open(part, mode) as f:
-                for block in iter(lambda: response.read(1 << 20), b""):
+                # read1: whatever has arrived (one socket read), so the deadline is checked
+                # between reads even when bytes trickle in (read(n) would wait for all n)
+                for block in iter(lambda: response.read1(1 << 20), b""):
                     f.write(block)
+                    if time.monotonic() > stop_at:
+                        raise DatasetNotFoundError(
+                            f"{url}: download to {dest} passed its deadline of {deadline:g} s "
+                            f"(the server is too slow); {part} keeps what arrived, call again to resume"
+                        )
     except urllib.error.HTTPError as err:
         if not (err.code == 416 and have):  # 416 with a .part file: it is already complete
             raise DatasetNotFoundError(f"{url}: HTTP {err.code} while downloading to {dest}") from err
+    except DatasetNotFoundError:  # the deadline (an OSError too): already says what happened
+        raise
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise DatasetNotFoundError(f"{url}: download to {dest} failed ({err}); {part} keeps what arrived") from err
     try:
@@ -146,6 +193,8 @@ def fetch(
 
     ``download_missing``: None follows :func:`downloads_allowed`; False never downloads.
     """
+    if download_missing is not None:
+        v.flag("download_missing", download_missing)
     registry = manifest()
     v.choice("name", name, list(registry))
     entry = registry[name]
@@ -164,7 +213,7 @@ def fetch(
                 return download(mirror + filename, path, **sums)
             except (DatasetNotFoundError, DataIntegrityError) as err:
                 errors.append(str(err))
-    why = "; ".join(errors) if errors else "downloads are off (CRATE_OFFLINE or CI is set)"
+    why = "; ".join(errors) if errors else "downloads are off (CRATE_OFFLINE or CI is true, or download_missing=False)"
     raise DatasetNotFoundError(
         f"{path} is missing and could not be downloaded ({why}). Download {entry['mirrors'][0] + filename} "
         f"and put it at {path}, or set CRATE_DATA to a folder that holds {entry['folder']}/{filename}."

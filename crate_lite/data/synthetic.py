@@ -29,7 +29,7 @@ def _generator(generator: torch.Generator | None, seed: int | None = None) -> to
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         return generator
-    return torch.Generator().manual_seed(0 if seed is None else v.integer("seed", seed))
+    return torch.Generator().manual_seed(0 if seed is None else v.seed("seed", seed))
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +91,10 @@ def subspace_mixture(
     v.integer("n_per_class", n_per_class, minimum=1)
     v.integer("num_classes", num_classes, minimum=1)
     v.integer("sub_dim", sub_dim, minimum=1)
-    v.integer("dim", dim, minimum=sub_dim * num_classes if orthogonal else sub_dim)
+    need = sub_dim * num_classes if orthogonal else sub_dim
+    if v.integer("dim", dim) < need:
+        what = "sub_dim * num_classes (orthogonal subspaces)" if orthogonal else "sub_dim"
+        raise ValueError(f"dim: expected dim >= {what} = {need}, got dim={dim}, sub_dim={sub_dim}")
     v.positive("noise", noise, allow_zero=True)
     g = _generator(generator, seed)
     if orthogonal:

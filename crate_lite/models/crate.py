@@ -44,7 +44,7 @@ from torch import nn
 
 from .. import _validate as v
 from .. import sparse
-from .parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts, patchify
+from .parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts, layer_tokens, patchify
 
 __all__ = [
     "CRATEConfig",
@@ -137,7 +137,16 @@ def vit_layer_param_count(dim: int, mlp_ratio: int = 4) -> int:
 
 def ista_matrix(D: torch.Tensor, step_size: float) -> torch.Tensor:
     """M = I + eta (D - D^T D), so that one ISTA step is ReLU(X M - eta lambda)
-    (chapter 06, eq. 6.11). ``D`` (d, d) is the dictionary as an ``F.linear`` weight."""
+    (chapter 06, eq. 6.11). ``D`` (d, d) is the dictionary as an ``F.linear`` weight (square:
+    the dictionary is complete), ``step_size`` is eta > 0."""
+    D = v.tensor("D", D, ndim=2, finite=False)
+    if D.shape[0] != D.shape[1]:
+        raise ValueError(f"D: expected a square dictionary (d, d), got shape {tuple(D.shape)}")
+    return _ista_matrix(D, v.positive("step_size", step_size))
+
+
+def _ista_matrix(D: torch.Tensor, step_size: float) -> torch.Tensor:
+    """:func:`ista_matrix` without the checks (the forward pass's checked weight and eta)."""
     d = D.shape[-1]
     eye = torch.eye(d, dtype=D.dtype, device=D.device)
     return torch.addmm(D, D.mT, D, alpha=-1.0).mul(step_size).add_(eye)  # (d, d)
@@ -229,8 +238,9 @@ class MSSA(nn.Module):
         return self.forward_fast(y, mask, need_attn) if fast else self.forward_literal(y, mask)
 
     def forward(self, y: torch.Tensor, *, mask: torch.Tensor | None = None, fast: bool = True) -> torch.Tensor:
-        """MSSA(y) for normalised tokens ``y`` (B, N, d) -> (B, N, d)."""
-        y = v.tokens("y", y, self.dim)
+        """MSSA(y) for normalised tokens ``y`` (B, N, d) -> (B, N, d), in the weights' dtype
+        (``y`` is cast; see :mod:`.parts` for the dtype and value rules)."""
+        y = layer_tokens("y", y, self.dim, self.qkv.weight)
         mask = check_mask(mask, y.shape[0], self.heads, y.shape[1])
         return self.attend(y, mask, fast, need_attn=False)[0]
 
@@ -262,14 +272,14 @@ class ISTABlock(nn.Module):
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. (6.11): ReLU(X M - eta lambda) with M = I + eta (D - D^T D)."""
-        M = ista_matrix(self.weight, self.step_size)  # (d, d)
+        M = _ista_matrix(self.weight, self.step_size)  # (d, d)
         shift = torch.full((1,), -self.step_size * self.lam, dtype=x.dtype, device=x.device)
         out = torch.addmm(shift, x.reshape(-1, self.dim), M)  # (B, N, d) -> (B*N, d)
         return out.relu_().view_as(x)  # (B*N, d) -> (B, N, d); in place: addmm's backward does not need out
 
     def forward(self, x: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
-        """One ISTA step from ``x`` (B, N, d) -> (B, N, d), entries >= 0."""
-        x = v.tokens("x", x, self.dim)
+        """One ISTA step from ``x`` (B, N, d) -> (B, N, d), entries >= 0, in the weight's dtype."""
+        x = layer_tokens("x", x, self.dim, self.weight)
         return self.forward_fast(x) if fast else self.forward_literal(x)
 
 
@@ -296,8 +306,9 @@ class CRATELayer(nn.Module):
         """Tokens ``z`` (B, N, d) -> (B, N, d). ``mask``: optional boolean attention mask
         (True = may attend), (N, N) or broadcastable to (B, K, N, N). When ``record`` is an
         :class:`Intermediates`, appends this layer's ``inputs``, ``mssa_inputs`` (LN1 z),
-        ``attentions`` (B, K, N, N), ``z_half``, ``ista_inputs`` (LN2 z_half), ``outputs``."""
-        z = v.tokens("z", z, self.dim)
+        ``attentions`` (B, K, N, N), ``z_half``, ``ista_inputs`` (LN2 z_half), ``outputs``.
+        ``z`` is cast to the weights' dtype (see :mod:`.parts` for the dtype and value rules)."""
+        z = layer_tokens("z", z, self.dim, self.norm1.weight)
         mask = check_mask(mask, z.shape[0], self.mssa.heads, z.shape[1])
         y = self.norm1(z)  # (B, N, d)
         m, attn = self.mssa.attend(y, mask, fast, need_attn=record is not None)
@@ -317,7 +328,10 @@ class CRATE(Backbone):
     :class:`~crate_lite.models.parts.ClassifierHead` (LN + Linear).
 
     ``forward(img, *, mask=None, fast=None, return_intermediates=False)``: logits
-    (B, num_classes) for images (B, C, H, W); ``fast`` overrides ``config.fast``.
+    (B, num_classes) for images (B, C, H, W); ``fast`` overrides ``config.fast``. Images of
+    any floating dtype are cast to the model's (float64 check images run in float32 unless
+    the model is ``.double()``); huge pixel values give finite logits; NaN or inf is refused
+    (the rules: :mod:`crate_lite.models.parts`).
 
     >>> model = CRATE(preset("mnist"))                  # doctest: +SKIP
     >>> logits = model(torch.randn(8, 1, 28, 28))       # (8, 10)

@@ -13,6 +13,21 @@ baselines (:class:`crate_lite.models.vit.ViTLayer`); every layer has the signatu
 an optional boolean attention ``mask`` (True = may attend, see :func:`check_mask`) and an
 optional :class:`Intermediates` to append its token states to.
 
+Inputs, dtypes and values (every model and layer here follows these rules):
+
+- *dtype*: a model computes in the dtype of its parameters. Floating input of another
+  dtype is cast to it: float64 check images go through a float32 model in float32 (call
+  ``model.double()`` to compute in float64); under autocast, autocast chooses instead.
+  Integer images are refused (scale them to floats first).
+- *huge values*: LayerNorm is scale-invariant, but squaring pixel values above ~1e19
+  overflows float32. Each patch whose largest entry exceeds :func:`patch_limit` is scaled
+  down to it before the patch LayerNorm (the same LayerNorm output, to rounding); below
+  the limit nothing changes, bit for bit. So finite input always gives finite output.
+- *NaN / inf*: checked where it costs no GPU synchronisation: inputs on the CPU at every
+  entry point (model, layer, block), refused with a ``ValueError`` naming the input. On a
+  GPU, the model checks its output in eval mode (one small read), and ``train.fit``
+  checks the loss of every training step before the weights change.
+
 Parameter layout and initialisation of the image parts follow the reference CRATE code
 (Ma-Lab-Berkeley/CRATE ``model/crate.py``; docs/design.md lists where it differs from the
 papers): patchify -> LayerNorm -> Linear -> LayerNorm, a cls token and learned positions
@@ -21,6 +36,7 @@ drawn from N(0, 1), head = LayerNorm + Linear. Rows are tokens throughout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
@@ -31,6 +47,7 @@ from .. import _validate as v
 
 __all__ = [
     "patchify",
+    "unpatchify",
     "Mask",
     "check_mask",
     "causal_mask",
@@ -49,6 +66,29 @@ __all__ = [
 # --------------------------------------------------------------------------- checks and masks
 Mask = torch.Tensor | None
 """Type of an optional boolean attention mask, True = may attend (see :func:`check_mask`)."""
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def as_param_dtype(x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``x`` cast to ``param``'s dtype when both are floating and differ, outside autocast
+    (under autocast, autocast picks each operation's dtype). The models' dtype rule."""
+    if x.dtype != param.dtype and x.is_floating_point() and param.is_floating_point():
+        if not _autocast_on(x.device.type):
+            return x.to(param.dtype)
+    return x
+
+
+def layer_tokens(name: str, z: object, dim: int, param: torch.Tensor) -> torch.Tensor:
+    """A layer's input tokens (B, N, ``dim``): a floating tensor, finite when on the CPU
+    (:func:`crate_lite._validate.finite_on_cpu`), in ``param``'s dtype (:func:`as_param_dtype`)."""
+    z = v.tokens(name, z, dim)
+    return as_param_dtype(v.finite_on_cpu(name, z), param)
 
 
 def check_mask(mask: object, batch: int, heads: int, n: int) -> torch.Tensor | None:
@@ -110,6 +150,43 @@ def patchify(img: torch.Tensor, patch_size: int) -> torch.Tensor:
     return _patchify(img, P)
 
 
+def unpatchify(patches: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
+    """The exact inverse of :func:`patchify`: flattened patches (B, n, P*P*C) of a square
+    grid (n = g^2) back to images (B, C, gP, gP), pixel for pixel (chapter 08, eq. 8.6):
+    ``unpatchify(patchify(x, P), P, C) == x`` and ``patchify(unpatchify(t, P, C), P) == t``."""
+    patches = v.tensor("patches", patches, ndim=3, finite=False)
+    P = v.integer("patch_size", patch_size, minimum=1)
+    C = v.integer("channels", channels, minimum=1)
+    B, n, length = patches.shape
+    if length != P * P * C:
+        raise ValueError(f"patches: expected patch length P*P*C = {P * P * C}, got shape {tuple(patches.shape)}")
+    g = round(n**0.5)
+    if g * g != n:
+        raise ValueError(f"patches: expected a square number of patches, got shape {tuple(patches.shape)}")
+    x = patches.reshape(B, g, g, P, P, C)  # (B, h, w, P, P, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, h, P, w, P)
+    return x.reshape(B, C, g * P, g * P)  # (B, C, H, W)
+
+
+def patch_limit(dtype: torch.dtype, patch_dim: int) -> float:
+    """The largest entry a patch of ``patch_dim`` values may have for LayerNorm's sum of
+    squares to stay finite, with a margin of 16: a power of two, 2^55 in float32 for a
+    768-value patch. LayerNorm accumulates float16 and bfloat16 in float32, so their limit
+    is float32's (their own range is the smaller bound there)."""
+    acc = torch.promote_types(dtype, torch.float32)
+    limit = (torch.finfo(acc).max / patch_dim) ** 0.5 / 16
+    return float(2 ** math.floor(math.log2(limit)))
+
+
+def tame_patches(x: torch.Tensor, limit: float) -> torch.Tensor:
+    """Scale each patch (row of the last dimension) of ``x`` whose largest |entry| exceeds
+    ``limit`` down to that largest |entry| = ``limit``; other patches are multiplied by
+    exactly 1. LayerNorm(c x) = LayerNorm(x) for c > 0 up to its epsilon, so the patch
+    embedding's output is unchanged while no square overflows. No device synchronisation."""
+    peak = x.detach().abs().amax(dim=-1, keepdim=True)  # (..., 1)
+    return x * (limit / peak.clamp_min(limit))
+
+
 class PatchEmbedding(nn.Module):
     """Images (B, C, H, W) -> patch tokens (B, n, d), n = (H/P)(W/P): patchify, then
     LayerNorm over each patch, a Linear map to width d, LayerNorm (as the reference code's
@@ -134,14 +211,23 @@ class PatchEmbedding(nn.Module):
         return self.grid**2
 
     def check_images(self, name: str, img: object) -> torch.Tensor:
-        """Check that ``img`` is a floating tensor (B, channels, image_size, image_size)."""
+        """Check that ``img`` is a floating tensor (B, channels, image_size, image_size), with
+        finite entries when it is on the CPU (see the module docstring)."""
         img = v.tensor(name, img, ndim=4, finite=False)
         v.shape(name, img, (None, self.channels, self.image_size, self.image_size))
-        return img
+        return v.finite_on_cpu(name, img)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) of any floating dtype -> tokens (B, n, d) in the parameters'
+        dtype; patches with huge entries are scaled first (:func:`tame_patches`)."""
         img = self.check_images("img", img)
         x = _patchify(img, self.patch_size)  # (B, n, P*P*C)
+        dtype = self.proj.weight.dtype
+        cast = x.dtype != dtype and not _autocast_on(x.device.type)
+        limit = patch_limit(dtype if cast else x.dtype, x.shape[-1])
+        if limit < torch.finfo(x.dtype).max:  # else no entry of x can pass the limit
+            x = tame_patches(x, limit)  # in the input's dtype, before a cast could overflow
+        x = x.to(dtype) if cast else x
         return self.norm_out(self.proj(self.norm_in(x)))  # (B, n, d)
 
 
@@ -188,6 +274,10 @@ class TokenEmbedding(nn.Module):
         N = idx.shape[1]
         if N > self.block_size:
             raise ValueError(f"idx: expected at most block_size={self.block_size} tokens, got shape {tuple(idx.shape)}")
+        if idx.numel() and not v.compiling():  # one small read; on CUDA a bad id is a device-side assert
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"idx: expected token ids in [0, vocab_size={self.vocab_size}), got {lo}..{hi}")
         return self.tokens(idx) + self.pos_embedding[:, :N]  # (B, N, d) + (1, N, d)
 
 
@@ -262,6 +352,11 @@ class Backbone(nn.Module):
     maps (B, N, d) -> (B, N, d) and accepts ``(z, *, mask, fast, record)``; ``pool`` maps
     the final tokens to features; ``head`` maps features to the output. ``fast`` is the
     default code path of layers that have two (CRATE's), overridable per call.
+
+    The output is checked for NaN and inf where that is cheap: always on the CPU, and in eval
+    mode on a GPU (one read of a (B, C) tensor; in training mode that read would stall every
+    step, and ``train.fit`` checks the loss instead). A non-finite output is a ``ValueError``
+    that says why: non-finite input, or non-finite parameters (a diverged training run).
     """
 
     def __init__(
@@ -289,17 +384,53 @@ class Backbone(nn.Module):
         """The output for input ``x``; with ``return_intermediates``, ``(output,
         Intermediates)``. ``mask`` (see :func:`check_mask`) goes to every layer; ``fast``
         overrides the default code path for this call."""
-        fast = self.fast if fast is None else fast
-        record = Intermediates() if return_intermediates else None
-        z = self.embed(x)  # (B, N, d)
-        for layer in self.layers:
-            z = layer(z, mask=mask, fast=fast, record=record)  # (B, N, d)
+        fast = self.fast if fast is None else v.flag("fast", fast)
+        record = Intermediates() if v.flag("return_intermediates", return_intermediates) else None
+        failure = None
+        try:
+            z = self.embed(x)  # (B, N, d)
+            for layer in self.layers:
+                z = layer(z, mask=mask, fast=fast, record=record)  # (B, N, d)
+        except v.NonFiniteError as err:  # a layer's CPU check: say whether the input or the weights caused it
+            failure = err
+        if failure is not None:
+            self._refuse_non_finite(x)
+            raise failure
         feats = self.pool(z)  # (B, d) or (B, N, d)
         out = self.head(feats)
+        if (out.device.type == "cpu" or not self.training) and not v.compiling():
+            if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                self._refuse_non_finite(x)
+                raise ValueError(f"{self._input_name()}: the model's output is not finite (NaN or inf)")
         if record is None:
             return out
         record.features = feats
         return out, record
+
+    def _input_name(self) -> str:
+        return "img" if isinstance(self.embed, (ImageEmbedding, PatchEmbedding)) else "x"
+
+    @torch.no_grad()
+    def _refuse_non_finite(self, x: object) -> None:
+        """Tokens or output became NaN or inf: raise a ``ValueError`` naming the cause, the
+        input (non-finite entries) or the weights (non-finite, or so large that the tokens
+        overflow: a diverged training run). Returns only if neither explains it."""
+        name = self._input_name()
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise v.NonFiniteError(f"{name}: expected finite entries, got NaN or inf")
+        bad = [n for n, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise ValueError(
+                f"model: its parameters hold NaN or inf ({names}), so its output is not finite for finite {name}; "
+                "a diverged training run? Lower lr, clip gradients, or load a checkpoint"
+            )
+        peak = max((float(p.abs().max()) for p in self.parameters() if p.numel()), default=0.0)
+        if peak > 1e15:
+            raise ValueError(
+                f"model: its parameters are so large (max |parameter| = {peak:.3g}) that its tokens overflow to NaN "
+                f"or inf for finite {name}; a diverged training run? Lower lr, clip gradients, or load a checkpoint"
+            )
 
     def num_params(self) -> int:
         """Total number of parameters."""

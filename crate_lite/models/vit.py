@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import _validate as v
 from .crate import CRATEConfig, vit_layer_param_count
-from .parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts
+from .parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts, layer_tokens
 
 __all__ = ["ViTLayer", "ViT", "vit_layer_param_count"]
 
@@ -75,7 +75,7 @@ class ViTLayer(nn.Module):
         :class:`crate_lite.models.crate.CRATELayer`; ``fast`` is accepted for interface
         parity (this layer has one path); ``record`` receives ``inputs``, ``attentions``,
         ``z_half`` and ``outputs``."""
-        z = v.tokens("z", z, self.dim)
+        z = layer_tokens("z", z, self.dim, self.norm1.weight)
         mask = check_mask(mask, z.shape[0], self.heads, z.shape[1])
         m, a = self.attention(self.norm1(z), mask, need_attn=record is not None)
         z_half = z + m  # (B, N, d)

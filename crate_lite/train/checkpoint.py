@@ -27,6 +27,7 @@ import dataclasses
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"path: no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "unsupported global" in str(err).lower():  # the file names a class or function to call
             raise CheckpointError(
@@ -206,7 +209,10 @@ def restore(
     if ema is not None:
         if state["ema"] is None:
             raise CheckpointError(f"checkpoint: {path} holds no EMA weights (it was written with ema_decay=None)")
-        ema.load_state_dict(state["ema"])
+        try:
+            ema.load_state_dict(state["ema"])
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint: {path} holds the EMA weights of another model ({err})") from None
     if restore_rng:
         set_rng_state(state["rng"])
 

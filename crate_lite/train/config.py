@@ -58,6 +58,8 @@ class TrainConfig:
     the end; ``checkpoint_every = 0`` saves only at the end (when ``checkpoint`` is set).
     ``compile`` wraps the model in ``torch.compile``; ``num_workers`` is the DataLoader's
     worker count when the data is a ``Dataset``; ``amp`` is bf16 autocast, used on CUDA only.
+    ``seed`` is an int in [0, 2**32 - 1]. ``device`` names a device type torch knows; that
+    this machine has it is checked when :func:`~crate_lite.train.fit` starts.
     """
 
     steps: int = 1000
@@ -85,8 +87,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accum_steps"):
             v.integer(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed", "num_workers"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "num_workers"):
             v.integer(name, getattr(self, name), minimum=0)
+        v.seed("seed", self.seed)
         v.positive("lr", self.lr)
         v.positive("weight_decay", self.weight_decay, allow_zero=True)
         if v.positive("min_lr_ratio", self.min_lr_ratio, allow_zero=True) > 1:
@@ -103,8 +106,10 @@ class TrainConfig:
             if not isinstance(self.checkpoint, (str, os.PathLike)):
                 raise TypeError(f"checkpoint: expected a path or None, got {type(self.checkpoint).__name__}")
             self.checkpoint = os.fspath(self.checkpoint)  # a str: checkpoints hold plain types only
-        if self.device is not None and not isinstance(self.device, str):
-            raise TypeError(f"device: expected a str such as 'cuda' or None, got {type(self.device).__name__}")
+        if self.device is not None:
+            if not isinstance(self.device, str):
+                raise TypeError(f"device: expected a str such as 'cuda' or None, got {type(self.device).__name__}")
+            v.device("device", self.device)  # a known device type; whether this machine has it: at fit's start
 
     @staticmethod
     def _check_betas(betas: object) -> tuple[float, float]:

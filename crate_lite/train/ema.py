@@ -76,7 +76,13 @@ class EMA:
         return self.module.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)
+        """Load weights saved by :meth:`state_dict`; ``ValueError`` if they are another model's."""
+        try:
+            self.module.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise ValueError(
+                f"state: expected the EMA weights of the same model, got another model's ({err})"
+            ) from None
 
 
 def _pairs(mine, theirs):

@@ -28,6 +28,7 @@ process (it may all-reduce), and its entries join the history.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import _validate as v
 from .batches import Batch, Data, data_length, micro_batches, to_device
 from .checkpoint import check_same_run, prepare_checkpoint_path, read_checkpoint, restore, save_checkpoint
 from .config import TrainConfig
@@ -119,7 +121,7 @@ def _check_arguments(model, loss_fn, data, config, evaluate, augment, callback, 
 
 def _device(model: nn.Module, config: TrainConfig, dist_device: torch.device | None) -> torch.device:
     if config.device:
-        return torch.device(config.device)
+        return v.device("device", config.device, available=True)
     if dist_device is not None:
         return dist_device
     first = next(model.parameters(), None)
@@ -210,6 +212,8 @@ def _train_step(run: _Run, loss_fn: LossFn, parts: list[Batch], config: TrainCon
         if names is not None and part_names != names:
             raise ValueError(f"loss_fn: expected the same metric names for every batch, got {names} then {part_names}")
         names, total = part_names, values if total is None else total + values
+    stats = dict(zip(names, all_reduce_mean(total / A if A > 1 else total).tolist()))
+    _check_finite(stats, step, config)  # before the step: the weights stay as they were
     if config.grad_clip is not None:
         nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
     set_lr(run.optimizer, step, config)
@@ -217,7 +221,21 @@ def _train_step(run: _Run, loss_fn: LossFn, parts: list[Batch], config: TrainCon
     if run.ema is not None:
         run.ema.update(run.model, ema_momentum(step, config))
     run.step += 1
-    return dict(zip(names, all_reduce_mean(total / A if A > 1 else total).tolist()))
+    return stats
+
+
+def _check_finite(stats: dict[str, float], step: int, config: TrainConfig) -> None:
+    """Refuse a NaN or infinite loss before it reaches the weights, with the likely causes.
+    Costs nothing extra: the step's statistics are read back once per step anyway (and
+    all-reduced first, so every process of a torchrun job raises together)."""
+    loss = stats["loss"]
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"loss: the loss of step {step + 1} is {loss} (not finite); training stopped before the optimizer "
+            f"step, so the weights (and any checkpoint) hold the state before it. Likely causes: NaN or inf "
+            f"in the data, or a learning rate too large (lr={config.lr:g}); check the data, lower lr or "
+            "set grad_clip"
+        )
 
 
 # ----------------------------------------------------------------------------- bookkeeping

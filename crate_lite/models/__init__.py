@@ -11,13 +11,25 @@ lets each model file be short and read as a variation on the others: ``parts.py`
 (embeddings, attention masks, pooling, heads, :class:`Intermediates`, the frame),
 ``crate.py`` (the CRATE layer and classifier, presets), ``vit.py`` (the baseline: the
 same parts around a different layer), ``official.py`` (the reference implementation's
-checkpoint keys). Models import the derivation modules (``crate.py`` uses
-``sparse.ista_step``), never the reverse.
+checkpoint keys), ``autoencoder.py`` (CRATE-MAE and ViT-MAE, chapter 08). Models import
+the derivation modules (``crate.py`` uses ``sparse.ista_step``), never the reverse.
 
     from crate_lite.models import crate as C          # C.CRATE, C.preset, ... (chapters 06-07)
     from crate_lite.models import CRATE, ViT, preset
 """
 
+from .autoencoder import (
+    CRATEMAE,
+    CRATEDecoderLayer,
+    MAEOutput,
+    MaskedAutoencoder,
+    ViTMAE,
+    evaluate_mae,
+    mae_loss,
+    masked_mse,
+    random_masking,
+    ridge_probe,
+)
 from .crate import (
     CRATE,
     MSSA,
@@ -46,19 +58,24 @@ from .parts import (
     image_classifier_parts,
     padding_mask,
     patchify,
+    unpatchify,
 )
 from .vit import ViT, ViTLayer
 
 __all__ = [
     "Backbone",
     "CRATE",
+    "CRATEDecoderLayer",
+    "CRATEMAE",
     "CRATEConfig",
     "CRATELayer",
     "ClassifierHead",
     "ISTABlock",
     "ImageEmbedding",
     "Intermediates",
+    "MAEOutput",
     "MSSA",
+    "MaskedAutoencoder",
     "PRESETS",
     "PRESET_PARAMS",
     "PatchEmbedding",
@@ -67,16 +84,23 @@ __all__ = [
     "TokenEmbedding",
     "ViT",
     "ViTLayer",
+    "ViTMAE",
     "causal_mask",
     "check_mask",
+    "evaluate_mae",
     "image_classifier_parts",
     "ista_matrix",
     "layer_param_count",
     "load_official_state_dict",
+    "mae_loss",
+    "masked_mse",
     "official_keys",
     "padding_mask",
     "patchify",
     "preset",
+    "random_masking",
+    "ridge_probe",
     "to_official_state_dict",
+    "unpatchify",
     "vit_layer_param_count",
 ]

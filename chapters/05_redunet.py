@@ -413,7 +413,7 @@ circle_means = {2: [0.0, 45.0], 3: [0.0, 60.0, 150.0]}  # centre angles, degrees
 circle = {}
 for K, angles in circle_means.items():
     mu = torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles])  # (K, 2)
-    Zc, yc = gaussians_on_sphere(n_circle, mu, dim=2, noise=0.1, seed=0)
+    Zc, yc = gaussians_on_sphere(n_circle, mu, dim=2, noise=0.1, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     net = redunet.ReduNet(depth=L_circle, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Zc.to(DT), yc)
     circle[K] = (Zc, yc, net)
@@ -488,8 +488,10 @@ L_sphere = profiles.pick(smoke=500, cpu=2000)
 opt3 = mcr2.orthogonal_optimum(3, 3, eps_toy)
 checks.cmp("(5.6): closed form vs 1.5 log 11 - 0.5 log 31", opt3, 1.5 * math.log(11) - 0.5 * math.log(31), rtol=1e-12)
 assert abs(opt3 - 1.879849) < 1e-6
-Ztr, ytr = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=0)
-Zte, yte = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=1)  # held out
+Ztr, ytr = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, generator=torch.Generator().manual_seed(0))
+Zte, yte = gaussians_on_sphere(
+    500, torch.eye(3), dim=3, noise=0.1, generator=torch.Generator().manual_seed(1)
+)  # held out
 t0, c0 = time.perf_counter(), time.process_time()
 sphere = redunet.ReduNet(depth=L_sphere, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(
     Ztr.to(DT), ytr, keep=(0, 50, 200)
@@ -657,7 +659,7 @@ for mistake in ["sign of compression", "all samples in C_k"]:
 # %%
 c60 = math.cos(math.radians(60))
 mu60 = torch.linalg.cholesky((1 - c60) * torch.eye(3) + c60 * torch.ones(3, 3))  # rows: unit, pairwise 60 deg
-Z60, y60 = gaussians_on_sphere(300, mu60, dim=3, noise=0.1, seed=0)
+Z60, y60 = gaussians_on_sphere(300, mu60, dim=3, noise=0.1, generator=torch.Generator().manual_seed(0))
 L60 = profiles.pick(smoke=300, cpu=2000)
 keep60 = tuple(range(0, L60 + 1, L60 // 10))
 net60 = redunet.ReduNet(depth=L60, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Z60.to(DT), y60, keep=keep60)
@@ -720,7 +722,7 @@ def mean_cosines(F: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 rho = cosine_factor(0.5, eps_toy, 500, 3, 3)
 mu_near = torch.eye(3) + 0.05 * torch.randn(3, 3, generator=torch.Generator().manual_seed(0))  # ~3 deg off
-Zn, yn = gaussians_on_sphere(500, mu_near, dim=3, noise=0.01, seed=0)
+Zn, yn = gaussians_on_sphere(500, mu_near, dim=3, noise=0.01, generator=torch.Generator().manual_seed(0))
 net_near = redunet.ReduNet(depth=400, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Zn.to(DT), yn, keep=(100, 400))
 rho_meas = (mean_cosines(net_near.snapshots[400], yn) / mean_cosines(net_near.snapshots[100], yn)) ** (1 / 300)
 print(f"rho (5.7) = {rho:.6f} (1 - rho = 1/{1 / (1 - rho):.0f}); measured per pair: {rho_meas.numpy().round(6)}")
@@ -753,10 +755,12 @@ rec.log(
 # %%
 rand_seeds = profiles.pick(smoke=[1], cpu=[1, 2, 3])
 for s in rand_seeds:
-    Zr, yr = gaussians_on_sphere(500, 3, dim=3, noise=0.1, seed=s)
+    Zr, yr = gaussians_on_sphere(500, 3, dim=3, noise=0.1, generator=torch.Generator().manual_seed(s))
     gr = torch.Generator().manual_seed(s)
     mu_r = torch.nn.functional.normalize(torch.randn(3, 3, generator=gr), dim=1)  # the same centres
-    Zr_te, yr_te = gaussians_on_sphere(500, mu_r, dim=3, noise=0.1, seed=s + 100)  # held out
+    Zr_te, yr_te = gaussians_on_sphere(
+        500, mu_r, dim=3, noise=0.1, generator=torch.Generator().manual_seed(s + 100)
+    )  # held out
     net_r = redunet.ReduNet(depth=2000, step_size=0.5, eps=eps_toy, sharpness=500.0).fit(Zr.to(DT), yr)
     gap_r = opt3 - net_r.history["delta_R"]  # (2001,)
     tail = float(gap_r[2000] / gap_r[1500]) ** (1 / 500)
@@ -1049,7 +1053,7 @@ assert _acc > 0.7, _acc
 # Then move the *training* points with soft memberships too, as the paper's algorithm
 # does (build each layer with `redunet.operators` and apply `redunet.layer(..., sharpness=lam)`),
 # on random centres with two classes close together (try `gaussians_on_sphere(500, 3,
-# seed=4)`): does $\Delta R$ (with the true labels) still reach the optimum?
+# generator=torch.Generator().manual_seed(4))`): does $\Delta R$ (with the true labels) still reach the optimum?
 
 # %% [markdown] tags=["solution"]
 # **Guidance.** $\eta$ multiplies a step whose size is about $\alpha$ or $\alpha_k$ (0.02 and

@@ -67,7 +67,9 @@ DATA = "synthetic union of 3 orthogonal 8-dim subspaces in R^24, noise 0.05"
 
 # %%
 n_per = profiles.pick(smoke=32, cpu=64)
-X, labels, U = subspace_mixture(n_per, 3, dim=24, sub_dim=8, noise=0.05, orthogonal=True, seed=0)
+X, labels, U = subspace_mixture(
+    n_per, 3, dim=24, sub_dim=8, noise=0.05, orthogonal=True, generator=torch.Generator().manual_seed(0)
+)
 Zc = X.double().T  # (d, N): math layout, columns are tokens
 U = U.double()  # (K, d, p)
 K, d, p = U.shape
@@ -251,7 +253,9 @@ s_formula = p / eps**2 * float(torch.linalg.eigvalsh(U.mT @ Sigma @ U)[:, -1].ma
 checks.cmp("(6.5a): s from the p x p second moment == s from the N x N Gram", s_formula, s_used, rtol=1e-10)
 s_by_N = {}
 for n in (32, 128, 512, 1024):  # tokens per subspace: N = 3 n = 96 ... 3072
-    Xn = subspace_mixture(n, 3, dim=24, sub_dim=8, noise=0.05, orthogonal=True, seed=0)[0].double()  # (N, d)
+    Xn = subspace_mixture(
+        n, 3, dim=24, sub_dim=8, noise=0.05, orthogonal=True, generator=torch.Generator().manual_seed(0)
+    )[0].double()  # (N, d)
     s_by_N[3 * n] = p / eps**2 * float(torch.linalg.eigvalsh(U.mT @ (Xn.T @ Xn / (3 * n)) @ U)[:, -1].max())
 s_vals = list(s_by_N.values())
 print("N -> beta, s:", {n: (round(p / (n * eps**2), 5), round(v, 3)) for n, v in s_by_N.items()})

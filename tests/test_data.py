@@ -185,7 +185,7 @@ def test_digits():
 
 
 def test_synthetic_sets():
-    Z, y = data.gaussians_on_sphere(50, 3, noise=0.1, seed=1)
+    Z, y = data.gaussians_on_sphere(50, 3, noise=0.1, generator=torch.Generator().manual_seed(1))
     assert Z.shape == (150, 3) and torch.allclose(Z.norm(dim=1), torch.ones(150))
     assert torch.equal(torch.bincount(y), torch.tensor([50, 50, 50]))
     X, y, U = data.subspace_mixture(20, 3, dim=10, sub_dim=2, orthogonal=True)

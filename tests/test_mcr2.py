@@ -83,7 +83,7 @@ def test_sphere_gradient_ascent_monotone_to_optimum():
 
 
 def test_diagnostics_on_orthogonal_subspaces():
-    X, y, _ = subspace_mixture(40, 3, dim=9, sub_dim=2, orthogonal=True, seed=0)
+    X, y, _ = subspace_mixture(40, 3, dim=9, sub_dim=2, orthogonal=True, generator=torch.Generator().manual_seed(0))
     ang = mcr2.class_principal_angles(X, y, k=2)
     checks.cmp("angles 90", ang + torch.eye(3) * 90, torch.full((3, 3), 90.0), atol=1e-2)
     C, ys = mcr2.abs_cosine_matrix(X[torch.randperm(120)], y[torch.randperm(120)])

@@ -99,8 +99,10 @@ def test_thread_setting_is_restored() -> None:
 @pytest.mark.parametrize("seed", [0, 7])
 def test_sphere_reaches_the_mcr2_optimum(seed: int) -> None:
     """Chapter 05, section 5.7: 3 Gaussians on S^2, 2000 layers, within 1e-4 of 1.879849."""
-    Z, y = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, seed=seed)
-    Zt, yt = gaussians_on_sphere(200, torch.eye(3), dim=3, noise=0.1, seed=seed + 1000)
+    Z, y = gaussians_on_sphere(500, torch.eye(3), dim=3, noise=0.1, generator=torch.Generator().manual_seed(seed))
+    Zt, yt = gaussians_on_sphere(
+        200, torch.eye(3), dim=3, noise=0.1, generator=torch.Generator().manual_seed(seed + 1000)
+    )
     net = redunet.ReduNet(depth=2000, step_size=0.5, eps=EPS_TOY, sharpness=500.0).fit(Z.to(DT), y)
     dR = net.history["delta_R"]
     opt = mcr2.orthogonal_optimum(3, 3, EPS_TOY)
@@ -119,7 +121,7 @@ def test_random_centres_converge_at_the_predicted_rate() -> None:
     (gap 3.5e-4 for this seed), 3000 are; the gap's tail decays like rho^2."""
     a, an = 3 / (1500 * 0.1), 10.0  # alpha, alpha n
     rho = 1 - 2 * 0.5 * a * an / (1 + an) ** 2 / (1 + 0.5 * a * (1 / (1 + an) - 1 / (1 + 3 * an)))
-    Z, y = gaussians_on_sphere(500, 3, dim=3, noise=0.1, seed=2)
+    Z, y = gaussians_on_sphere(500, 3, dim=3, noise=0.1, generator=torch.Generator().manual_seed(2))
     net = redunet.ReduNet(depth=3000, step_size=0.5, eps=EPS_TOY, sharpness=500.0).fit(Z.to(DT), y)
     gap = mcr2.orthogonal_optimum(3, 3, EPS_TOY) - net.history["delta_R"]
     assert bool((gap.diff() <= 0).all())

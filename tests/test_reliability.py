@@ -616,7 +616,7 @@ CASES: list[Case] = [
          refuse(V, "seed")),
     Case("data.load_classification-seed-huge", lambda t: data.load_classification("digits", seed=2**70),
          refuse(V, "seed")),
-    Case("data.load_classification-generator-wrong", lambda t: data.load_classification("digits", generator=0),
+    Case("data.gaussians_on_sphere-generator-wrong", lambda t: data.gaussians_on_sphere(10, 3, generator=0),
          refuse(T, "generator")),
     # --- data: synthetic, text, augmentation
     Case("data.gaussians_on_sphere-dim-zero", lambda t: data.gaussians_on_sphere(5, 3, dim=0), refuse(V, "dim")),

@@ -7,8 +7,7 @@
   background, with their true masks (chapter 09 measures segmentation IoU against them).
 
 Random draws come from ``generator`` (a CPU ``torch.Generator``); ``None`` means a fixed
-default (seed 0), so the same call always returns the same data. ``seed=`` is still
-accepted as a shorthand for ``generator=torch.Generator().manual_seed(seed)``.
+default (seed 0), so the same call always returns the same data.
 """
 
 from __future__ import annotations
@@ -21,15 +20,13 @@ import torch.nn.functional as F
 from .. import _validate as v
 
 
-def _generator(generator: torch.Generator | None, seed: int | None = None) -> torch.Generator:
-    """The generator to draw from: ``generator``, else one seeded with ``seed`` (default 0)."""
-    if generator is not None and seed is not None:
-        raise ValueError("generator/seed: pass one of them, not both")
+def _generator(generator: torch.Generator | None) -> torch.Generator:
+    """The generator to draw from: ``generator``, else a fresh one seeded 0."""
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         return generator
-    return torch.Generator().manual_seed(0 if seed is None else v.seed("seed", seed))
+    return torch.Generator().manual_seed(0)
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +45,6 @@ def gaussians_on_sphere(
     dim: int = 3,
     noise: float = 0.1,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixture of Gaussians projected onto the unit sphere S^{dim-1}.
 
@@ -58,7 +54,7 @@ def gaussians_on_sphere(
     """
     v.integer("n_per_class", n_per_class, minimum=1)
     v.positive("noise", noise, allow_zero=True)
-    g = _generator(generator, seed)
+    g = _generator(generator)
     if isinstance(means, int):
         v.integer("means", means, minimum=1)
         means = torch.randn(means, v.integer("dim", dim, minimum=1), generator=g)
@@ -80,7 +76,6 @@ def subspace_mixture(
     orthogonal: bool = False,
     normalize: bool = True,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Samples near a union of ``num_classes`` linear subspaces of dimension ``sub_dim`` in R^dim.
 
@@ -96,7 +91,7 @@ def subspace_mixture(
         what = "sub_dim * num_classes (orthogonal subspaces)" if orthogonal else "sub_dim"
         raise ValueError(f"dim: expected dim >= {what} = {need}, got dim={dim}, sub_dim={sub_dim}")
     v.positive("noise", noise, allow_zero=True)
-    g = _generator(generator, seed)
+    g = _generator(generator)
     if orthogonal:
         Q, _ = torch.linalg.qr(torch.randn(dim, num_classes * sub_dim, generator=g))
         U = Q.T.reshape(num_classes, sub_dim, dim).mT  # (K, dim, sub_dim)

@@ -23,19 +23,13 @@
 #
 # **Expected run time** on a 2-core CPU (measured 2026-11-29): smoke 16 s, cpu 5.7 min (budget: smoke 90 s, cpu 10 min).
 #
-# **Training and results per profile** (one torch thread, measured 2026-11-29 with `make course`
-# on an otherwise idle 2-core CPU):
-#
-# | profile | CRATE training (1,000 steps of 128) | ViT training | test accuracy CRATE / ViT |
-# |---|---|---|---|
-# | `smoke` | (digits, a few steps) | | |
-# | `cpu` | 87 s (1,469 images/s) | 244 s (525 images/s) | 97.85% / 97.85% |
-#
-# On a 2-core machine shared with other jobs (load average 5-8) both trainings took 1.3-4x as
-# long (CRATE 181-332 s, ViT 328-430 s), with the same accuracies.
-#
-# The CRATE step budget (1,000 steps) is meant to fit in 5 minutes on 2 cores; on an idle
-# machine it takes under 1.5 minutes.
+# **Training and results per profile** (one torch thread). The `cpu` recipe trains each model for 950
+# steps of 256 images (243,200 images). In separate runs of that recipe on a busy 2-core machine (load
+# average 4-8) CRATE reached 98.45 %, 98.20 % and 98.40 % test accuracy for seeds 0, 1 and 2 on the
+# 8,000 / 2,000 MNIST split; at the 1,469 images/s that CRATE trained at on an idle machine with the
+# previous recipe (`make course`, 2026-11-29), 243,200 images take about 165 s. Idle-machine times of this
+# recipe, and the ViT's accuracy under it, are what the chapter prints when run; they have not yet been
+# recorded with `make course`.
 
 # %%
 import copy
@@ -397,11 +391,15 @@ for name, st in (("init", stats_init), ("trained", stats_trained)):
 
 # %% [markdown]
 # What we assert, so that a wrong model, a wrong diagnostic or a change in what training does would show:
-# (i) the depth trends hold at initialisation and after training alike (so they are no evidence of
-# training); (ii) training turns the attention steps from neutral into $R^c$-raising ones: summed over
-# layers, trained steps raise $R^c$ by more than 4 % of the input's $R^c$, initial ones change it by less
-# than 2 % (measured 8-9 % and under 0.5 %); (iii) every layer's sparsity, trained, is within 0.04 of
-# $\mathrm{ReLU}(\mathrm{LN}_2 Z^{\ell+1/2})$'s (measured at most 0.024).
+# (i) $R^c$ falls with depth at initialisation and after training alike, and sparsity rises with depth
+# at initialisation (so these trends are no evidence of training; after training the sparsity trend
+# depends on the seed: in separate runs of the `cpu` recipe, seeds 0, 1, 2, layer 1 -> 4 went
+# 0.529 -> 0.539, 0.525 -> 0.532 and 0.540 -> 0.530, so it is printed, not asserted); (ii) training turns
+# the attention steps from neutral into $R^c$-raising ones: summed over layers, trained steps raise $R^c$
+# by more than 4 % of the input's $R^c$, initial ones change it by less than 2 % (measured 7.9, 7.4 and
+# 8.1 % for those seeds, under 0.5 % at initialisation); (iii) every layer's sparsity, trained, is within
+# 0.04 of $\mathrm{ReLU}(\mathrm{LN}_2 Z^{\ell+1/2})$'s (measured at most 0.008 under `smoke` and 0.021-0.029
+# for those seeds): the ISTA threshold adds little sparsity beyond the ReLU.
 
 # %%
 with torch.no_grad():
@@ -414,11 +412,13 @@ with torch.no_grad():
     )
 for name, st in (("init", stats_init), ("trained", stats_trained)):
     rc_first, rc_last = float(st.rc_half[0]), float(st.rc_half[-1])
-    sp_first, sp_last = float(st.sparsity[0]), float(st.sparsity[-1])
     assert rc_last < rc_first, f"{name}: R^c did not fall with depth: layer 1 {rc_first:.3f}, layer {L} {rc_last:.3f}"
-    assert sp_last > sp_first, (
-        f"{name}: sparsity did not rise with depth: layer 1 {sp_first:.3f}, layer {L} {sp_last:.3f}"
-    )
+sp_first, sp_last = float(stats_init.sparsity[0]), float(stats_init.sparsity[-1])
+assert sp_last > sp_first, f"init: sparsity did not rise with depth: layer 1 {sp_first:.3f}, layer {L} {sp_last:.3f}"
+# trained: reported, not asserted (its sign depends on the seed; see the text)
+print(
+    f"sparsity layer 1 -> {L}, trained: {float(stats_trained.sparsity[0]):.3f} -> {float(stats_trained.sparsity[-1]):.3f}"
+)
 mssa_rise = {
     name: float((st.rc_half - st.rc_input).sum() / st.rc_input.sum())
     for name, st in (("init", stats_init), ("trained", stats_trained))
@@ -487,16 +487,17 @@ checks.cmp("cls row sums to 1", maps[-1].sum((-2, -1)) + self_attn, torch.ones(n
 # The CRATE classifier is chapter 06's layer stacked $L$ times between a patch embedding (7.1) and a linear
 # head (7.3). Per layer it has $3d^2 + 5d$ parameters against a ViT's $12d^2 + 13d$ (7.4), about a quarter.
 # Trained with the same loop, data and step budget as the matched ViT, it reached the accuracy printed in
-# section 7.3 (at least 97 % on MNIST under the `cpu` profile, asserted; measured 2026-11-29 on the 8,000 / 2,000
-# split: CRATE 97.85 % with 209,772 parameters, the ViT 97.85 % with 803,692, same 1,000 steps, the ViT
-# about 1.8x slower per image; on one thread separate runs repeat these numbers bit for bit, while another
-# thread count or attention kernel changes the float rounding and moves the accuracy by a few test
-# images, e.g. 97.90 %). Inside the model, the compression term of the tokens in each layer's own
-# subspaces is lower at the last layer than at the first, and the last ISTA output is sparser than the
-# first (7.5, 7.6), but both hold at initialisation as well (asserted): they come from the token scale and
-# from ReLU + LayerNorm, and the sparsity stays within a few hundredths of what ReLU alone gives. What
-# training changes, asserted against the untrained copy, is that the attention steps *raise* $R^c$ in their
-# own subspaces (by 8-9 % of the input's $R^c$, against under 0.5 % before training). The white-box reading
+# section 7.3 (at least 98 % on MNIST under the `cpu` profile, asserted; separate runs of the recipe gave
+# 98.45, 98.20 and 98.40 % for seeds 0, 1 and 2 on the 8,000 / 2,000 split, with 209,772 parameters against
+# the ViT's 803,692; on one thread a run repeats its numbers bit for bit, while another thread count or
+# attention kernel changes the float rounding and moves the accuracy by a few test images). Inside the
+# model, the compression term of the tokens in each layer's own subspaces is lower at the last layer than
+# at the first, trained and at initialisation alike (asserted), and at initialisation the last ISTA output
+# is sparser than the first (7.5, 7.6): these come from the token scale and from ReLU + LayerNorm, and the
+# trained sparsity stays within a few hundredths of what ReLU alone gives (after training, whether the
+# last layer is sparser than the first depends on the seed). What training changes, asserted against the
+# untrained copy, is that the attention steps *raise* $R^c$ in their own subspaces (by 7-8 % of the
+# input's $R^c$, against under 0.5 % before training). The white-box reading
 # of each layer is a hypothesis to measure, and at this scale the measurement does not confirm it.
 #
 # ## Exercises

@@ -259,8 +259,6 @@ class CRATEMAE(MaskedAutoencoder):
         mask_ratio: float = 0.75,
         encoder_mask_tokens: bool = False,
     ) -> None:
-        if not isinstance(config, CRATEConfig):
-            raise TypeError(f"config: expected a CRATEConfig, got {type(config).__name__}")
         super().__init__(
             config,
             lambda: CRATELayer(config),
@@ -284,8 +282,6 @@ class ViTMAE(MaskedAutoencoder):
         mask_ratio: float = 0.75,
         encoder_mask_tokens: bool = False,
     ) -> None:
-        if not isinstance(config, CRATEConfig):
-            raise TypeError(f"config: expected a CRATEConfig, got {type(config).__name__}")
         r = v.integer("mlp_ratio", mlp_ratio, minimum=1)
 
         def layer() -> nn.Module:

@@ -439,6 +439,23 @@ print(f"{n_patches} patches per image, {int(0.75 * n_patches)} hidden, kept indi
 # at its position.
 
 # %%
+# (8.7) by hand on a small random case, against the package's loss; the plain mean over *all* patches
+# (visible ones included) is the plausible slip, and it must fail the same check
+g87 = torch.Generator().manual_seed(87)
+pred87, tgt87 = torch.randn(3, 16, 12, generator=g87), torch.randn(3, 16, 12, generator=g87)  # (B, n, P^2 C)
+hid87 = torch.rand(3, 16, generator=g87) < 0.75  # (B, n) True = hidden
+by_hand = sum(
+    float(((pred87[b, i] - tgt87[b, i]) ** 2).mean()) for b in range(3) for i in range(16) if hid87[b, i]
+) / int(hid87.sum())
+checks.cmp("(8.7) by hand vs masked_mse", AE.masked_mse(pred87, tgt87, hid87), torch.tensor(by_hand), rtol=1e-6)
+checks.must_fail(
+    "mean over all patches",
+    lambda: checks.cmp(
+        "(8.7) all patches", ((pred87 - tgt87) ** 2).mean(), torch.tensor(by_hand), rtol=1e-6, quiet=True
+    ),
+)
+
+# %%
 size = X_train.shape[-1]
 mae_cfg = profiles.pick(
     smoke=C.CRATEConfig(image_size=size, patch_size=PATCH, channels=Cch, dim=32, depth=2, heads=2, dim_head=16),

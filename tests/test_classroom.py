@@ -1,4 +1,4 @@
-"""Student versions and grading (COURSE.md section 8).
+"""Student versions and grading (docs/design.md, section 8).
 
 The slow tests execute each chapter's student version under the smoke profile: it must run
 up to its first NotImplementedError and fail nothing else. (The instructor versions, with

@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -159,20 +160,14 @@ def refuse(exc, *words) -> Refuse:
 
 @contextlib.contextmanager
 def env(**values: str | None):
-    old = {k: os.environ.get(k) for k in values}
-    try:
+    """Set (or, for None, remove) environment variables; the whole environment is restored after."""
+    with mock.patch.dict(os.environ):
         for k, val in values.items():
             if val is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = val
         yield
-    finally:
-        for k, val in old.items():
-            if val is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = val
 
 
 def smoke(**overrides) -> CRATE:

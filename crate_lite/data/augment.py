@@ -43,7 +43,7 @@ def _check_batch(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
-    if generator is not None and generator.device.type != "cpu":
+    if v.generator("generator", generator) is not None and generator.device.type != "cpu":
         raise ValueError(f"generator: expected a CPU torch.Generator, got one on {generator.device}")
     return generator
 

@@ -22,11 +22,8 @@ from .. import _validate as v
 
 def _generator(generator: torch.Generator | None) -> torch.Generator:
     """The generator to draw from: ``generator``, else a fresh one seeded 0."""
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
-        return generator
-    return torch.Generator().manual_seed(0)
+    g = v.generator("generator", generator)
+    return g if g is not None else torch.Generator().manual_seed(0)
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,8 @@ help:
 	@echo "make course   run every chapter (default profile) into build/, with HTML"
 	@echo "make student  write student versions into build/student/"
 	@echo "make nb CH=02_coding_rate   run one chapter under nbval (smoke profile; PROFILE=cpu for cpu)"
+	@echo "make gpu-check   run the gpu profile's code paths on the CPU, a few steps each (part of make test)"
+	@echo "make gpu-profile [SHORT=1]   on a GPU: every GPU chapter's gpu profile and configs/*_gpu.toml runs"
 
 setup: $(STAMP)
 
@@ -54,7 +56,7 @@ chapters/%.ipynb: chapters/%.py $(STAMP)
 
 notebooks: $(NOTEBOOKS)
 
-test: lint test-unit test-notebooks
+test: lint test-unit gpu-check test-notebooks
 
 # ruff: formatting and a small rule set (pyproject.toml [tool.ruff]) over everything we write
 LINT_PATHS := crate_lite tests scripts benchmarks chapters docs conftest.py
@@ -62,8 +64,31 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/ruff check $(LINT_PATHS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) browser-setup
 	$(BIN)/python -m pytest tests -q
+
+# tests/test_browser.py drives headless Chromium (`python tests/browser.py` names the one it finds).
+# None found: install Debian's package where apt-get can (as root: containers, CI); never fails the build.
+.PHONY: browser-setup
+browser-setup:
+	@$(PYTHON) tests/browser.py >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "no Chromium: installing Debian's chromium package for tests/test_browser.py"; \
+	    install="env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium"; \
+	    $$install || { timeout 300 apt-get update -q && $$install; } || \
+	    echo "could not install chromium: tests/test_browser.py will be skipped"; \
+	  else echo "no Chromium (as root with apt-get, make browser-setup installs it): tests/test_browser.py will be skipped"; fi; }
+
+# every gpu-profile code path of scripts/train.py on the CPU, a few steps each (configs/*_gpu.toml,
+# bf16 autocast, DataLoader workers, torchrun over gloo): 52 s of CPU time (2 min on a busy 2-core machine)
+.PHONY: gpu-check gpu-profile
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
+
+# on a GPU machine: the gpu profile of every GPU chapter and every configs/*_gpu.toml run, results and
+# logs under build/gpu/; SHORT=1: the short mode (all within 12 minutes on one H200-class GPU), build/gpu-short/
+gpu-profile: $(STAMP) $(NOTEBOOKS)
+	$(BIN)/python scripts/gpu_profile.py $(if $(SHORT),--short)
 
 # smoke-profile results go to build/smoke/ so they never overwrite a real run's
 test-notebooks: $(STAMP) $(NOTEBOOKS)

@@ -1,20 +1,33 @@
 #!/usr/bin/env python
-"""Train CRATE (or the matched ViT) on an image classification set; works alone or under torchrun.
+"""Train any registered model on any registered data set through the shared loop
+(crate_lite.train.fit); works alone or under torchrun.
 
+    python scripts/train.py --config configs/cifar10_crate_gpu.toml
     python scripts/train.py --model crate --data mnist --steps 2000
     torchrun --standalone --nproc_per_node=2 scripts/train.py --data digits --steps 50
 
+``--config FILE.toml`` reads flag values from a TOML file: one key per flag, named as the
+flag with underscores (``batch_size = 512``, ``hflip = true``, ``amp = "bf16"``); an unknown
+key is an error naming it, and flags given on the command line override the file. One file
+per published run lives in ``configs/``.
+
 ``--batch-size`` is the global batch: under torchrun each of the WORLD_SIZE processes takes
-its share (gloo on the CPU, nccl on CUDA), and ``--accum-steps A`` splits each share into A
-micro-batches whose gradients are summed before the step. ``--checkpoint PATH`` saves there
-(every ``--checkpoint-every`` steps and at the end) and resumes from it when it exists
-(``--no-resume`` starts afresh and overwrites it). ``--ema-decay`` also keeps an average of
-the weights and reports its test accuracy (``ema_test_acc``). ``--out FILE.json`` writes the
-final numbers (rank 0). Every flag is checked before any data is loaded.
-Data: ``digits`` (8x8, embedded), ``mnist`` (28x28; the full training set when it is in the
-data root, otherwise the 10,000 test images split 8,000 train / 2,000 test with a fixed
-seed) or ``cifar10`` (32x32 RGB; the full set when present, else the local subset): the
-script prints which.
+its share (gloo on the CPU, nccl on CUDA; ``--device cuda`` then means cuda:LOCAL_RANK), and
+``--accum-steps A`` splits each share into A micro-batches whose gradients are summed before
+the step. ``--checkpoint PATH`` saves there (every ``--checkpoint-every`` steps and at the
+end) and resumes from it when it exists (``--no-resume`` starts afresh and overwrites it).
+``--ema-decay`` also keeps an average of the weights and reports its test accuracy
+(``ema_test_acc``). ``--out FILE.json`` writes the final numbers (rank 0), with the FLOPs
+per example (forward + backward, crate_lite.flops), the achieved FLOP/s and, on a GPU of
+known peak, the fraction of it. Every flag is checked before any data is loaded.
+
+Augmentation runs on the batch's device (crate_lite.data.augment): ``--crop-padding N``
+(zero-pad by N, crop back at a random offset per image) and ``--hflip`` (mirror half the
+images). ``--amp`` (bf16 autocast): ``auto`` (default) uses it on CUDA only, as the training
+loop does; ``bf16`` (or ``--amp`` alone) also on the CPU, to run a GPU run's bf16 code path
+on a CPU (``make gpu-check``); ``off`` trains in float32. ``--num-workers N`` feeds the data
+through a DataLoader with N worker processes; otherwise the tensors are indexed in place
+(on the GPU, where they are moved when training on CUDA).
 """
 
 from __future__ import annotations
@@ -23,18 +36,99 @@ import argparse
 import dataclasses
 import json
 import os
+import platform
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from crate_lite import _validate as v
-from crate_lite import data, train
+from crate_lite import data, flops, train
 from crate_lite.models import CRATE, CRATEConfig, ViT
 from crate_lite.train.checkpoint import check_same_run, prepare_checkpoint_path
 from crate_lite.utils import atomic_write
 
-IMAGE_SIZE = {"digits": 8, "mnist": 28, "cifar10": 32}
-DEFAULT_PATCH = {"digits": 2, "mnist": 7, "cifar10": 4}
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A registered image classification set: ``load(seed) -> ((X, y), (X_test, y_test),
+    description)`` with images (N, channels, image_size, image_size) float32 in [0, 1] and
+    labels int64 in [0, num_classes); ``patch`` is the default patch size."""
+
+    load: Callable[[int], tuple[Split, Split, str]]
+    image_size: int
+    channels: int
+    num_classes: int
+    patch: int
+    about: str
+
+
+def _classification(name: str) -> Callable[[int], tuple[Split, Split, str]]:
+    return lambda seed: data.load_classification(name, seed=seed)  # looked up at call time
+
+
+SHAPES_SIZE, SHAPES_TRAIN, SHAPES_TEST = 32, 10_000, 2_000
+
+
+def _shapes(seed: int) -> tuple[Split, Split, str]:
+    """crate_lite.data.synthetic_shapes as a classification set: label = the shape's kind."""
+    g = torch.Generator().manual_seed(seed)
+    X, _, y = data.synthetic_shapes(SHAPES_TRAIN + SHAPES_TEST, SHAPES_SIZE, generator=g)  # masks unused here
+    desc = (
+        f"synthetic shapes {SHAPES_SIZE}x{SHAPES_SIZE} ({', '.join(data.SHAPES)}; crate_lite.data.synthetic_shapes), "
+        f"{SHAPES_TRAIN:,} train / {SHAPES_TEST:,} test, generator seed {seed}"
+    )
+    return (X[:SHAPES_TRAIN], y[:SHAPES_TRAIN]), (X[SHAPES_TRAIN:], y[SHAPES_TRAIN:]), desc
+
+
+DATASETS: dict[str, DataSet] = {
+    "digits": DataSet(_classification("digits"), 8, 1, 10, 2, "scikit-learn's 8x8 digits (embedded)"),
+    "mnist": DataSet(
+        _classification("mnist"),
+        28,
+        1,
+        10,
+        7,
+        "28x28; the full training set when it is in the data root, else the 10,000 test images split "
+        "8,000 / 2,000 with the seed",
+    ),
+    "cifar10": DataSet(
+        _classification("cifar10"),
+        32,
+        3,
+        10,
+        4,
+        "32x32 RGB; the full 50,000 / 10,000 when in the data root, else the local 10,000 / 2,000 JPEG subset",
+    ),
+    "shapes": DataSet(
+        _shapes,
+        SHAPES_SIZE,
+        3,
+        len(data.SHAPES),
+        4,
+        f"synthetic {SHAPES_SIZE}x{SHAPES_SIZE} images of one shape kind ({', '.join(data.SHAPES)}), labelled by "
+        "kind (no download)",
+    ),
+}
+"""Data sets by ``--data`` name; a later chapter adds its own entry (``DATASETS["name"] = DataSet(...)``)."""
+
+MODELS: dict[str, tuple[Callable[[CRATEConfig], nn.Module], str]] = {
+    "crate": (CRATE, "the CRATE classifier (chapter 07)"),
+    "vit": (ViT, "the ViT of equal width and depth, from the same parts (chapter 07)"),
+}
+"""Models by ``--model`` name: a builder taking a CRATEConfig, and one line for ``--help``."""
+
+AMP_MODES = ("auto", "bf16", "off")
+
+
+# ----------------------------------------------------------------------------- flags
 
 
 def _number(kind: type, minimum: float, *, strict: bool = False, maximum: float | None = None):
@@ -62,16 +156,27 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _epilog() -> str:
+    lines = ["models:"] + [f"  {k:8s} {about}" for k, (_, about) in MODELS.items()]
+    lines += ["data sets (--data):"] + [f"  {k:8s} {d.about}" for k, d in DATASETS.items()]
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
     pos_int, nonneg_int, pos_float = _number(int, 1), _number(int, 0), _number(float, 0.0, strict=True)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = p.add_argument
-    add("--model", choices=["crate", "vit"], default="crate", help="CRATE or the matched ViT (default %(default)s)")
-    add("--data", choices=["digits", "mnist", "cifar10"], default="mnist", help="data set (default %(default)s)")
+    add("--config", default=None, help="TOML file of flag values (keys: flag names with underscores); flags override")
+    add("--model", choices=sorted(MODELS), default="crate", help="model (list below; default %(default)s)")
+    add("--data", choices=sorted(DATASETS), default="mnist", help="data set (list below; default %(default)s)")
     add("--dim", type=pos_int, default=128, help="width d (default %(default)s)")
     add("--depth", type=pos_int, default=4, help="number of layers L (default %(default)s)")
     add("--heads", type=pos_int, default=4, help="heads K, a divisor of --dim; head dim = dim / heads (default 4)")
-    add("--patch", type=pos_int, default=None, help="patch size in pixels (default 2, 7, 4 for digits, mnist, cifar10)")
+    add(
+        "--patch", type=pos_int, default=None, help="patch size in pixels (default: the data set's, e.g. 4 for cifar10)"
+    )
     add("--steps", type=pos_int, default=1000, help="optimizer steps (default %(default)s)")
     add("--batch-size", type=pos_int, default=128, help="global batch, split across processes (default %(default)s)")
     add("--accum-steps", type=pos_int, default=1, help="micro-batches per process and step (default %(default)s)")
@@ -80,7 +185,18 @@ def parser() -> argparse.ArgumentParser:
     add("--warmup", type=nonneg_int, default=50, help="linear warm-up steps before the cosine (default %(default)s)")
     add("--label-smoothing", type=_fraction, default=0.0, help="label smoothing eps in [0, 1) (default 0)")
     add("--ema-decay", type=_fraction, default=None, help="keep an EMA of the weights with this decay; report it")
-    add("--shift", type=nonneg_int, default=0, help="random translation augmentation, pixels (default 0)")
+    add("--shift", type=nonneg_int, default=0, help="random translation by up to N pixels (= --crop-padding N)")
+    add("--crop-padding", type=nonneg_int, default=0, help="random crop after zero-padding by N pixels (default 0)")
+    add("--hflip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flip, p = 0.5")
+    add(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        choices=AMP_MODES,
+        default="auto",
+        help="bf16 autocast: auto (default: on CUDA only), bf16 (alone: --amp; also on the CPU), off (float32)",
+    )
+    add("--num-workers", type=nonneg_int, default=0, help="DataLoader worker processes; 0: index tensors (default)")
     add("--eval-every", type=nonneg_int, default=0, help="evaluate every N steps; 0: only at the end (default)")
     add("--checkpoint", default=None, help="checkpoint file: saved there, resumed from when it exists")
     add("--checkpoint-every", type=nonneg_int, default=0, help="save every N steps; 0: only at the end (default)")
@@ -107,22 +223,125 @@ def _flag(field: str) -> str:
     return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
+# ----------------------------------------------------------------------------- config files
+
+
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            return None
+    return tomllib
+
+
+def config_values(p: argparse.ArgumentParser, path: str) -> dict[str, object]:
+    """The flag values of the TOML file ``path``, checked as the flags themselves would be
+    (argparse-style errors naming the file and the key)."""
+    tomllib = _toml()
+    if tomllib is None:
+        p.error("--config: reading TOML needs Python >= 3.11 (or pip install tomli)")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        p.error(f"--config: no such file {path}")
+    except IsADirectoryError:
+        p.error(f"--config: expected a TOML file, got the directory {path}")
+    except tomllib.TOMLDecodeError as err:
+        p.error(f"--config {path}: not valid TOML: {err}")
+    actions = {a.dest: a for a in p._actions if a.option_strings and a.dest not in ("help", "config")}
+    out = {}
+    for key, value in raw.items():
+        if key not in actions:
+            p.error(f"--config {path}: unknown key {key!r}; keys are flag names with underscores: {', '.join(actions)}")
+        out[key] = _config_value(p, f"--config {path}: {key}", actions[key], value)
+    return out
+
+
+def _config_value(p: argparse.ArgumentParser, where: str, action: argparse.Action, value: object) -> object:
+    if isinstance(value, (dict, list)):
+        p.error(f"{where}: expected a single value, got a {type(value).__name__}")
+    if action.nargs == 0:  # on/off flags: --hflip, --compile, --no-resume, --no-progress
+        if not isinstance(value, bool):
+            p.error(f"{where}: expected true or false, got {value!r}")
+        return value
+    if action.dest == "amp" and isinstance(value, bool):
+        return "bf16" if value else "off"
+    if isinstance(value, bool) or (action.type is None and not isinstance(value, str)):
+        p.error(f"{where}: expected {'a string' if action.type is None else 'a number'}, got {value!r}")
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as err:
+            p.error(f"{where}: {err}")
+    if action.choices is not None and value not in action.choices:
+        p.error(f"{where}: expected one of {list(action.choices)}, got {value!r}")
+    return value
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse ``argv``: the ``--config`` file's values first, then the flags given (which win)."""
+    p = parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        p.set_defaults(**config_values(p, known.config))
+    return p, p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def cpu_bf16_autocast() -> bool:
+    """Whether this CPU runs a matrix product under bf16 autocast (and gives bf16 back)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.ones(4, 4) @ torch.ones(4, 4)
+        return out.dtype == torch.bfloat16 and bool((out.float() == 4).all())
+    except RuntimeError:
+        return False
+
+
+def _device_type(a: argparse.Namespace) -> str:
+    """The device type a run will train on (the loop's rule: --device, else cuda under torchrun
+    with CUDA, else the CPU)."""
+    if a.device is not None:
+        return torch.device(a.device).type
+    world = train.distributed_env()[1]
+    return "cuda" if world > 1 and torch.cuda.is_available() else "cpu"
+
+
 def check(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.TrainConfig:
     """Cross-flag checks and the TrainConfig, before any data is loaded (argparse-style errors):
     the device exists on this machine, ``--out`` and ``--checkpoint`` can be written, and an
     existing checkpoint to resume from is readable and was written by the same run."""
     if a.dim % a.heads:
         p.error(f"--heads: expected a divisor of --dim={a.dim}, got {a.heads}")
-    size, a.patch = IMAGE_SIZE[a.data], a.patch or DEFAULT_PATCH[a.data]
-    if size % a.patch:
-        p.error(f"--patch: expected a divisor of the image size {size} of --data={a.data}, got {a.patch}")
+    spec = DATASETS[a.data]
+    a.patch = a.patch or spec.patch
+    if spec.image_size % a.patch:
+        p.error(f"--patch: expected a divisor of the image size {spec.image_size} of --data={a.data}, got {a.patch}")
     if a.batch_size % a.accum_steps:
         p.error(f"--batch-size: expected a multiple of --accum-steps={a.accum_steps}, got {a.batch_size}")
+    if a.shift and a.crop_padding:
+        p.error(
+            f"--crop-padding: --shift is the same augmentation; give one of them, got both "
+            f"(--shift {a.shift}, --crop-padding {a.crop_padding})"
+        )
     if a.device is not None:
         try:
             v.device("device", a.device, available=True)
         except (TypeError, ValueError) as err:
             p.error(f"--{err}")
+        _, world, local = train.distributed_env()
+        if world > 1 and a.device == "cuda":
+            a.device = f"cuda:{local}"  # one GPU per process
+    if a.amp == "bf16" and _device_type(a) == "cpu" and not cpu_bf16_autocast():
+        p.error("--amp: bf16 autocast does not run on this CPU; use --amp auto (float32 on the CPU)")
     if a.out is not None:
         try:
             v.writable_file("out", a.out)
@@ -165,7 +384,9 @@ def _train_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.Tr
             checkpoint_every=a.checkpoint_every,
             resume=not a.no_resume,
             seed=a.seed,
+            amp=a.amp != "off",
             compile=a.compile,
+            num_workers=a.num_workers,
             progress=not a.no_progress,
             device=a.device,
         )
@@ -174,29 +395,75 @@ def _train_config(p: argparse.ArgumentParser, a: argparse.Namespace) -> train.Tr
         p.error(f"{_flag(field)}:{rest}" if rest else str(err))
 
 
-def build_model(a: argparse.Namespace, X: torch.Tensor) -> tuple[torch.nn.Module, CRATEConfig]:
-    size, channels = X.shape[-1], X.shape[1]
+# ----------------------------------------------------------------------------- the run
+
+
+def build_model(a: argparse.Namespace, spec: DataSet) -> tuple[nn.Module, CRATEConfig]:
     cfg = CRATEConfig(
-        image_size=size,
+        image_size=spec.image_size,
         patch_size=a.patch,
-        channels=channels,
-        num_classes=10,
+        channels=spec.channels,
+        num_classes=spec.num_classes,
         dim=a.dim,
         depth=a.depth,
         heads=a.heads,
         dim_head=a.dim // a.heads,
     )
     torch.manual_seed(a.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    return (CRATE(cfg) if a.model == "crate" else ViT(cfg)), cfg
+    return MODELS[a.model][0](cfg), cfg
+
+
+def augmentation(a: argparse.Namespace) -> tuple[data.Augment | None, dict]:
+    """The batch augmentation the flags ask for (crop, then flip), and its description."""
+    padding = a.crop_padding or a.shift
+    steps = ([data.random_crop(padding)] if padding else []) + ([data.random_hflip(0.5)] if a.hflip else [])
+    about = {"crop_padding": padding, "hflip": bool(a.hflip)}
+    return (data.compose(*steps) if steps else None), about
+
+
+def _run_device(tc: train.TrainConfig) -> torch.device:
+    """The device fit will use (its rule: the config's, else the torchrun device, else the CPU)."""
+    if tc.device:
+        return torch.device(tc.device)
+    _, world, local = train.distributed_env()
+    return torch.device(f"cuda:{local}") if world > 1 and torch.cuda.is_available() else torch.device("cpu")
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def _cpu_bf16(fn: Callable) -> Callable:
+    """``fn`` under CPU bf16 autocast (the loop applies autocast on CUDA only)."""
+
+    def wrapped(*args, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def run(a: argparse.Namespace, tc: train.TrainConfig, rank: int, world: int) -> dict | None:
-    (X, y), (X_test, y_test), desc = data.load_classification(a.data, seed=a.seed)
-    model, cfg = build_model(a, X)
+    spec = DATASETS[a.data]
+    (X, y), (X_test, y_test), desc = spec.load(a.seed)
+    model, cfg = build_model(a, spec)
     params = sum(q.numel() for q in model.parameters())
+    device = _run_device(tc)
+    # FLOPs of one example at this run's micro-batch size (per-call costs spread over it)
+    micro = max(1, tc.batch_size // (world * tc.accum_steps))
+    flops_per_example = flops.flops_per_example(model, X[:2], batch_size=micro)
+    if device.type == "cuda" and tc.num_workers == 0:  # hold the data on the GPU: batches are indexed there
+        X, y, X_test, y_test = (t.to(device) for t in (X, y, X_test, y_test))
+    source = torch.utils.data.TensorDataset(X, y) if tc.num_workers else (X, y)
     if rank == 0:
-        print(f"data: {desc}; world size {world}; {a.model}: {params:,} params")
+        print(f"data: {desc}; world size {world}; {a.model}: {params:,} params; device {device}")
+    loss_fn = train.classification_loss(a.label_smoothing)
     scores = train.evaluate_classification(X_test, y_test)
+    cpu_bf16 = a.amp == "bf16" and device.type == "cpu"
+    if cpu_bf16:
+        loss_fn, scores = _cpu_bf16(loss_fn), _cpu_bf16(scores)
     holder = {}
 
     def evaluate(net: torch.nn.Module) -> dict:  # the model's scores, and the EMA's when there is one
@@ -207,18 +474,15 @@ def run(a: argparse.Namespace, tc: train.TrainConfig, rank: int, world: int) -> 
 
     if tc.ema_decay is not None:
         holder["ema"] = train.EMA(model)
-    res = train.fit(
-        model,
-        train.classification_loss(a.label_smoothing),
-        (X, y),
-        tc,
-        evaluate=evaluate,
-        augment=data.random_shift(a.shift) if a.shift else None,
-        ema=holder.get("ema"),
-        desc=a.model,
-    )
+    augment, about = augmentation(a)
+    res = train.fit(model, loss_fn, source, tc, evaluate=evaluate, augment=augment, ema=holder.get("ema"), desc=a.model)
     if rank != 0:
         return None
+    bf16 = tc.amp and (device.type == "cuda" or cpu_bf16)
+    cost = {"flops_per_example": flops_per_example}
+    if res.examples_per_s == res.examples_per_s:  # not nan: some steps ran in this call
+        peak = flops.peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
+        cost = flops.achieved(flops_per_example, res.examples_per_s, peak)
     return {
         "model": a.model,
         "data": desc,
@@ -227,7 +491,14 @@ def run(a: argparse.Namespace, tc: train.TrainConfig, rank: int, world: int) -> 
         "final_loss": res.final_loss,
         **res.evaluation,
         "wall_s": res.wall_s,
+        **cost,
         "examples_per_s": res.examples_per_s,
+        "autocast": "bf16" if bf16 else "off",
+        "augment": about,
+        "device": str(device),
+        "hardware": _hardware(device),
+        "torch": torch.__version__,
+        "config_file": a.config,
         "config": dataclasses.asdict(tc),
         "model_config": cfg.to_dict(),
         "params": params,
@@ -235,8 +506,7 @@ def run(a: argparse.Namespace, tc: train.TrainConfig, rank: int, world: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser()
-    a = p.parse_args(argv)
+    p, a = parse(argv)
     tc = check(p, a)
     if a.threads:
         torch.set_num_threads(a.threads)

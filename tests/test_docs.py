@@ -93,6 +93,31 @@ SHORT: dict[str, tuple[str, str]] = {
         "python docs/times.py sync --help",
         "rewrites tracked files (tests/test_anatomy.py tests it on a copy): --help",
     ),
+    "make gpu-check": ("make -n gpu-check", "make test runs it (a minute of training runs): dry run"),
+    "make gpu-profile": (
+        "make -n gpu-profile && .venv/bin/python scripts/gpu_profile.py --dry-run",
+        "needs a GPU and about an hour: dry runs of the target and of the script (its plan)",
+    ),
+    "make gpu-profile SHORT=1": (
+        "make -n gpu-profile SHORT=1 && .venv/bin/python scripts/gpu_profile.py --short --dry-run",
+        "needs a GPU: dry runs of the target and of the script in short mode",
+    ),
+    ".venv/bin/python scripts/gpu_profile.py --fetch-data build/data": (
+        ".venv/bin/python scripts/gpu_profile.py --help",
+        "downloads hundreds of MB (network): --help",
+    ),
+    ".venv/bin/python scripts/train.py --config configs/cifar10_crate_cpu.toml --steps 20": (
+        ".venv/bin/python scripts/train.py --config configs/cifar10_crate_cpu.toml --steps 20 --help",
+        "reads the CIFAR-10 subset (absent in a clone) and trains: --help after reading and checking the file",
+    ),
+    ".venv/bin/python scripts/train.py --config configs/cifar10_crate_gpu.toml": (
+        ".venv/bin/python scripts/train.py --config configs/cifar10_crate_gpu.toml --help",
+        "needs a GPU (device cuda): --help after reading and checking the file",
+    ),
+    "torchrun --standalone --nproc_per_node=N scripts/train.py --config configs/cifar10_crate_gpu.toml": (
+        ".venv/bin/torchrun --help && .venv/bin/python scripts/train.py --config configs/cifar10_crate_gpu.toml --help",
+        "N GPUs (N is a placeholder): the launcher is installed and the file reads",
+    ),
 }
 
 COMMAND = re.compile(r"^(make|python|\.venv/bin/\S+|torchrun|conda|pip|rm|bash|jupyter|CI=\S+)\s+\S")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,166 @@ def test_checkpoint_directory_refused_and_resume_conflict_names_the_flag(main, c
     assert "--no-resume" in capsys.readouterr().err
     assert main([*TINY, "--checkpoint", ckpt, "--lr", "0.01", "--no-resume", "--out", str(tmp_path / "o.json")]) == 0
     assert json.loads((tmp_path / "o.json").read_text())["config"]["lr"] == 0.01
+
+
+# ----------------------------------------------------------------------------- --help, --config, new flags
+
+
+@pytest.fixture(scope="module")
+def script():
+    return runpy.run_path(str(ROOT / "scripts" / "train.py"))
+
+
+def test_help_documents_every_flag_and_every_registered_model_and_data_set(script, capsys):
+    with pytest.raises(SystemExit):
+        script["main"](["--help"])
+    out = capsys.readouterr().out
+    for action in script["parser"]()._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+        for flag in action.option_strings:
+            assert flag in out, f"{flag} missing from --help"
+    for name in [*script["MODELS"], *script["DATASETS"]]:
+        assert f"\n  {name} " in out, f"{name} missing from the lists in --help"
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_sets_flags_and_the_command_line_overrides_it(script, tmp_path):
+    cfg = _write(tmp_path, 'model = "vit"\ndata = "digits"\nsteps = 7\nlr = 1e-3\nhflip = true\namp = "off"\n')
+    _, a = script["parse"](["--config", cfg])
+    assert (a.model, a.data, a.steps, a.lr, a.hflip, a.amp, a.dim) == ("vit", "digits", 7, 1e-3, True, "off", 128)
+    _, a = script["parse"](["--steps", "9", "--config", cfg, "--no-hflip", "--amp"])  # flags win, wherever they are
+    assert (a.steps, a.hflip, a.amp, a.model) == (9, False, "bf16", "vit")
+    _, a = script["parse"]([f"--config={_write(tmp_path, 'amp = false')}"])
+    assert a.amp == "off"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("epochs = 3", "unknown key 'epochs'"),
+    ("batch-size = 3", "unknown key 'batch-size'"),
+    ("steps = 0", "steps: expected an integer >= 1"),
+    ("steps = 1e4", "steps: expected an integer"),
+    ("hflip = 1", "hflip: expected true or false"),
+    ("lr = true", "lr: expected a number"),
+    ('model = "resnet"', "model: expected one of"),
+    ("device = 0", "device: expected a string"),
+    ("steps = [1, 2]", "steps: expected a single value"),
+    ("steps = ", "not valid TOML"),
+])  # fmt: skip
+def test_bad_config_files_are_refused_naming_file_and_key(script, tmp_path, capsys, monkeypatch, text, words):
+    monkeypatch.setattr("crate_lite.data.load_classification", lambda *a, **k: pytest.fail("data was loaded"))
+    cfg = _write(tmp_path, text)
+    with pytest.raises(SystemExit) as exit_:
+        script["main"](["--config", cfg])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and words in err and "--config" in err, err
+
+
+def test_missing_config_file(script, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        script["main"](["--config", str(tmp_path / "nope.toml")])
+    assert "--config: no such file" in capsys.readouterr().err
+
+
+def test_published_configs_parse_and_pass_the_checks(script):
+    """Every configs/*.toml is read and checked (its device, when CUDA, replaced by the CPU)."""
+    files = sorted((ROOT / "configs").glob("*.toml"))
+    assert {"cifar10_crate_gpu.toml", "cifar10_vit_gpu.toml", "cifar10_crate_cpu.toml"} <= {f.name for f in files}
+    for f in files:
+        p, a = script["parse"](["--config", str(f), "--device", "cpu", "--amp", "auto"])
+        tc = script["check"](p, a)
+        assert tc.steps == a.steps and a.data in script["DATASETS"], f
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--crop-padding", "-1"], "--crop-padding"), (["--num-workers", "-1"], "--num-workers"),
+    (["--amp", "fp8"], "--amp"), (["--shift", "2", "--crop-padding", "4"], "--crop-padding"),
+    (["--data", "shapes", "--patch", "5"], "--patch"),
+])  # fmt: skip
+def test_new_flags_are_checked_before_loading_data(main, capsys, monkeypatch, args, flag):
+    monkeypatch.setattr("crate_lite.data.load_classification", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr("crate_lite.data.synthetic_shapes", lambda *a, **k: pytest.fail("data was made"))
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_shapes_crop_flip_workers_and_bf16_run_and_are_recorded(script, tmp_path):
+    """A few steps on the shapes set with every new flag; the JSON says what ran. bf16 autocast
+    is asked for on the CPU only where this CPU runs it."""
+    amp = ["--amp"] if script["cpu_bf16_autocast"]() else []
+    args = ["--data", "shapes", "--dim", "16", "--depth", "1", "--heads", "2", "--steps", "2", "--batch-size", "8",
+            "--warmup", "0", "--threads", "1", "--no-progress", "--crop-padding", "4", "--hflip",
+            "--num-workers", "1", *amp, "--out", str(tmp_path / "o.json")]  # fmt: skip
+    assert script["main"](args) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["augment"] == {"crop_padding": 4, "hflip": True} and out["config"]["num_workers"] == 1
+    assert out["model_config"]["num_classes"] == 3 and out["model_config"]["image_size"] == 32
+    assert out["autocast"] == ("bf16" if amp else "off")
+    assert out["flops_per_example"] > 0 and out["flops_per_s"] > 0 and out["fraction_of_peak"] is None
+    assert out["data"].startswith("synthetic shapes 32x32")
+
+
+# ----------------------------------------------------------------------------- scripts/gpu_profile.py, gpu_check.py
+
+
+@pytest.fixture(scope="module")
+def gpu_profile():
+    return runpy.run_path(str(ROOT / "scripts" / "gpu_profile.py"))
+
+
+def test_gpu_chapters_are_found_by_their_gpu_picks(gpu_profile, tmp_path):
+    (tmp_path / "07_a.py").write_text("n = profiles.pick(smoke=1, cpu=2, gpu=3)\n")
+    (tmp_path / "08_b.py").write_text("n = profiles.pick(smoke=1, cpu=2)  # gpu= in a comment does not count\n")
+    (tmp_path / "09_c.py").write_text(
+        "from crate_lite.profiles import pick\nn = pick(smoke=1, cpu=2, gpu=3, gpu_short=2)\n"
+    )
+    (tmp_path / "notes.py").write_text("n = profiles.pick(smoke=1, cpu=2, gpu=3)\n")  # not a chapter
+    found = [(p.name, short) for p, short in gpu_profile["gpu_chapters"](tmp_path)]
+    assert found == [("07_a.py", False), ("09_c.py", True)]
+
+
+def test_gpu_profile_dry_run_lists_chapters_configs_and_data(gpu_profile, capsys):
+    assert gpu_profile["main"](["--dry-run", "--short", "--data-root", str(ROOT / "datasets")]) == 0
+    out = capsys.readouterr().out
+    for path, _ in gpu_profile["gpu_chapters"]():
+        assert f"chapter {path.stem}" in out
+    for cfg in (ROOT / "configs").glob("*_gpu.toml"):
+        assert f"--config configs/{cfg.name}" in out
+    assert "--steps 1000" in out and "full CIFAR-10" in out
+
+
+@pytest.mark.timeout(300)
+def test_gpu_profile_runs_end_to_end_without_a_gpu(tmp_path):
+    """The script's whole path (notebook execution, a train run, results, summary) with
+    --allow-cpu on the smallest GPU chapter and a tiny override of one config."""
+    tiny = "--data shapes --device cpu --amp auto --dim 16 --depth 1 --heads 2 --steps 2 --batch-size 8 --warmup 0"
+    cmd = [sys.executable, "scripts/gpu_profile.py", "--allow-cpu", "--short", "--chapters", "00",
+           "--configs", "cifar10_crate_gpu", "--extra-train-args", tiny, "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mode"] == "short" and [r["status"] for r in summary["items"]] == ["ok", "ok"]
+    assert (tmp_path / "results" / "00_setup_and_notation.json").is_file()
+    assert (tmp_path / "results" / "RESULTS.md").is_file() and (tmp_path / "SUMMARY.md").is_file()
+    run = json.loads((tmp_path / "train" / "cifar10_crate_gpu.json").read_text())
+    assert run["steps"] == 2 and run["config_file"] == "configs/cifar10_crate_gpu.toml"
+    notebook = json.loads((tmp_path / "notebooks" / "00_setup_and_notation.ipynb").read_text())
+    assert any("profile 'gpu'" in "".join(o.get("text", "")) for c in notebook["cells"] for o in c.get("outputs", []))
+
+
+def test_gpu_check_covers_every_gpu_config_workers_and_torchrun():
+    check = runpy.run_path(str(ROOT / "scripts" / "gpu_check.py"))
+    configs = sorted((ROOT / "configs").glob("*_gpu.toml"))
+    plan = check["runs"](configs, "bf16")
+    commands = [" ".join(cmd) for _, cmd, _ in plan]
+    for cfg in configs:
+        assert any(f"--config {cfg}" in c and "--device cpu" in c and "--amp bf16" in c for c in commands)
+    assert any("--num-workers 2" in c for c in commands)
+    assert any(
+        "torch.distributed.run --standalone --nproc_per_node=2" in c for c, (_, _, w) in zip(commands, plan) if w == 2
+    )

@@ -27,6 +27,8 @@ help:
 	@echo "make lint     ruff format --check and ruff check over code, tests and chapters"
 	@echo "make course   run every chapter (default profile) into build/, with HTML"
 	@echo "make student  write student versions into build/student/"
+	@echo "make grade SUBMISSIONS=dir [JOBS=2] [CH=02_coding_rate]   grade a folder of notebooks into build/grades/"
+	@echo "make nbgrader  the chapters as an nbgrader course in build/nbgrader/"
 	@echo "make nb CH=02_coding_rate   run one chapter under nbval (smoke profile; PROFILE=cpu for cpu)"
 	@echo "make gpu-check   run the gpu profile's code paths on the CPU, a few steps each (part of make test)"
 	@echo "make gpu-profile [SHORT=1]   on a GPU: every GPU chapter's gpu profile and configs/*_gpu.toml runs"
@@ -109,6 +111,26 @@ course: $(STAMP) $(NOTEBOOKS)
 
 student: $(STAMP)
 	$(BIN)/python -m crate_lite.classroom student $(CHAPTERS) --out build/student
+
+# grading (docs/teaching.md): a folder of submissions against the chapters their file names name
+SUBMISSIONS ?= submissions
+JOBS ?= 1
+GRADE_OUT ?= build/grades
+.PHONY: grade grade-check nbgrader
+grade: $(STAMP)
+	$(BIN)/python scripts/grade.py $(SUBMISSIONS) --out $(GRADE_OUT) --jobs $(JOBS) $(if $(CH),--source chapters/$(CH).py)
+
+# every chapter's own solution notebook gets full marks from the grader, its student version 0 (minutes)
+grade-check: $(STAMP)
+	CRATE_GRADE_ALL=1 $(BIN)/python -m pytest tests/test_classroom.py -q -k "every_chapter_solution"
+
+# an nbgrader course folder in build/nbgrader; its release/ too when nbgrader is installed (pip install -e '.[nbgrader]')
+nbgrader: $(STAMP)
+	$(BIN)/python -m crate_lite.classroom nbgrader $(CHAPTERS) --course build/nbgrader
+	@if $(BIN)/python -c "import nbgrader" 2>/dev/null; then \
+	  cd build/nbgrader && for ch in $$(ls source); do \
+	    PATH=$(abspath $(BIN)):$$PATH $(abspath $(BIN))/python -m nbgrader generate_assignment $$ch --force || exit 1; done; \
+	else echo "nbgrader is not installed ($(BIN)/pip install -e '.[nbgrader]'): wrote build/nbgrader/source only"; fi
 
 results: $(STAMP)
 	$(BIN)/python -m crate_lite.results

@@ -570,6 +570,7 @@ if CIFAR:
         smoke=None,
         cpu=train.TrainConfig(steps=300, batch_size=64, lr=2e-3, warmup_steps=20, seed=0),
         gpu=train.TrainConfig(steps=20000, batch_size=256, lr=1e-3, warmup_steps=1000, seed=0, device="cuda"),
+        gpu_short=train.TrainConfig(steps=2000, batch_size=256, lr=1e-3, warmup_steps=100, seed=0, device="cuda"),
     )
     torch.manual_seed(0)
     model_c = AE.CRATEMAE(cfg_c)

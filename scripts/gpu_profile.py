@@ -25,7 +25,8 @@ measured time and status of every item: what goes into the README once it has ru
 **How long.** Nothing here has run on a GPU yet, so every time below is an estimate from
 FLOP counts (crate_lite.flops) at an assumed 10 % of an H200's dense bf16 peak, not a
 measurement; the script prints and records what it measures. Full mode: the chapters' gpu
-profiles (chapter 09 trains two models for up to 10 minutes each; chapter 08's 20,000
+profiles (chapter 09 trains three CIFAR-10 models for up to 10 minutes each, two small segmentation models and
+measures torch.compile; chapter 08's 20,000
 CRATE-MAE steps about 2.5 min) and the two configs (about 2.4 and 8.9 min): about an hour in
 all. ``--short`` sets ``CRATE_GPU_SHORT=1``, which makes every chapter use its ``gpu_short``
 sizes (crate_lite.profiles; a chapter that gives none runs its full gpu sizes: the plan warns),

@@ -4,7 +4,8 @@
 - :func:`gaussians_on_sphere`, :func:`subspace_mixture`: the low-dimensional mixtures of
   chapters 01-06.
 - :func:`synthetic_shapes`: small images of one or two coloured shapes on a textured
-  background, with their true masks (chapter 09 measures segmentation IoU against them).
+  background, with their true masks, labelled by the shapes' kind or colour (chapter 09
+  measures segmentation IoU against the masks).
 
 Random draws come from ``generator`` (a CPU ``torch.Generator``); ``None`` means a fixed
 default (seed 0), so the same call always returns the same data.
@@ -107,20 +108,35 @@ SHAPES = ("disc", "square", "triangle")
 
 
 def synthetic_shapes(
-    n: int, size: int = 32, *, max_shapes: int = 2, generator: torch.Generator | None = None
+    n: int,
+    size: int = 32,
+    *,
+    max_shapes: int = 2,
+    label: str = "kind",
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images of one or two coloured shapes on a striped, noisy background, with true masks.
 
-    Image i has a kind ``labels[i]`` in ``SHAPES`` (disc, square, triangle) and 1 to
-    ``max_shapes`` shapes of that kind, each with its own colour, centre and radius (they
-    may overlap). The background is a random coloured grating plus pixel noise, so a
-    segmenter cannot just threshold brightness. Returns images float32 (n, 3, size, size)
-    in [0, 1], masks bool (n, size, size) (the union of the shapes: the foreground for
-    segmentation IoU) and labels int64 (n,).
+    Image i has a kind in ``SHAPES`` (disc, square, triangle) and 1 to ``max_shapes`` shapes
+    of that kind, each with its own colour, centre and radius (they may overlap). The
+    background is a random coloured grating plus pixel noise, so a segmenter cannot just
+    threshold brightness. Returns images float32 (n, 3, size, size) in [0, 1], masks bool
+    (n, size, size) (the union of the shapes: the foreground for segmentation IoU) and
+    labels int64 (n,):
+
+    - ``label="kind"``: the shapes' kind (0 disc, 1 square, 2 triangle), colours at random;
+    - ``label="colour"``: a colour class c in {0, 1, 2} (red, green, blue): every shape of the
+      image has channel c in [0.75, 1] and the other two in [0, 0.35] (kinds still at random).
+      The background's colour is random, so the label can be read only off the shapes
+      (chapter 09 trains classifiers on it and segments from their attention).
+
+    The draws of ``"kind"`` do not depend on the option: the same generator gives the same
+    kinds, positions, background and masks under both labels.
     """
     v.integer("n", n, minimum=1)
     v.integer("size", size, minimum=8)
     v.integer("max_shapes", max_shapes, minimum=1)
+    v.choice("label", label, ("kind", "colour"))
     g = _generator(generator)
     S = max_shapes
 
@@ -152,6 +168,11 @@ def synthetic_shapes(
     )  # (3, n, S, H, W)
     shapes = inside[labels, torch.arange(n)]  # (n, S, H, W): each image's kind
     shapes &= (torch.arange(S)[None, :] < count[:, None])[..., None, None]  # drop unused slots
+    if label == "colour":  # drawn after everything else, so the rest is as under "kind"
+        hue = torch.randint(0, 3, (n,), generator=g)  # (n,) the colour class
+        colour = 0.35 * u(n, S, 3)  # (n, S, 3): the other channels low
+        colour[torch.arange(n), :, hue] = 0.75 + 0.25 * u(n, S)  # channel hue high
+        labels = hue
     for s in range(S):  # later shapes are painted over earlier ones
         images = torch.where(shapes[:, s, None], colour[:, s, :, None, None], images)
     return images.clamp(0, 1), shapes.any(dim=1), labels

@@ -34,69 +34,21 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
-EXERCISE = re.compile(r"Exercise\s+(\d+\.\d+)[^\n]*")
-
-
-def _tags(cell) -> list[str]:
-    return list(cell.get("metadata", {}).get("tags", []))
-
-
-def strip_solutions(source: str, label: str) -> str:
-    """Replace every ``# BEGIN SOLUTION`` ... ``# END SOLUTION`` block in ``source``
-    by one ``raise NotImplementedError`` line at the marker's indentation."""
-    out, inside = [], False
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped == BEGIN:
-            if inside:
-                raise ValueError(f"{label}: nested '{BEGIN}'")
-            inside = True
-            indent = line[: len(line) - len(line.lstrip())]
-            out.append(f'{indent}raise NotImplementedError("{label}: your code here")')
-        elif stripped == END:
-            if not inside:
-                raise ValueError(f"{label}: '{END}' without '{BEGIN}'")
-            inside = False
-        elif not inside:
-            out.append(line)
-    if inside:
-        raise ValueError(f"{label}: '{BEGIN}' without '{END}'")
-    return "\n".join(out)
-
-
-def _labelled_cells(nb: nbformat.NotebookNode):
-    """Yield (exercise label, cell): the label of the nearest ``Exercise N.M`` heading above."""
-    label = "Exercise"
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            found = EXERCISE.findall(cell.source)
-            if found:
-                label = f"Exercise {found[-1]}"
-        yield label, cell
+from .exercises import BEGIN, hidden_tests, labelled_cells, strip_solutions, tags
 
 
 def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The student version of an instructor notebook (a new notebook; ``nb`` is unchanged)."""
     student = nbformat.v4.new_notebook(metadata=nb.metadata)
-    for label, cell in _labelled_cells(nb):
-        tags = _tags(cell)
-        if "solution" in tags or "hidden-test" in tags:
+    for label, cell in labelled_cells(nb):
+        marks = tags(cell)
+        if "solution" in marks or "hidden-test" in marks:
             continue
         new = nbformat.from_dict(dict(cell))
         if cell.cell_type == "code" and BEGIN in cell.source:
             new.source = strip_solutions(cell.source, label)
         student.cells.append(new)
     return student
-
-
-def hidden_tests(nb: nbformat.NotebookNode) -> list[tuple[str, int, str]]:
-    """(exercise label, points, source) of every ``hidden-test`` cell, in order."""
-    return [
-        (label, int(cell.metadata.get("points", 1)), cell.source)
-        for label, cell in _labelled_cells(nb)
-        if cell.cell_type == "code" and "hidden-test" in _tags(cell)
-    ]
 
 
 def write_student(source: Path, out_dir: Path) -> Path:
@@ -155,19 +107,19 @@ def nbgrader_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """
     out = nbformat.v4.new_notebook(metadata=nb.metadata)
     counts: dict[tuple[str, str], int] = {}
-    for label, cell in _labelled_cells(nb):
+    for label, cell in labelled_cells(nb):
         new = nbformat.from_dict(dict(cell))
         new.metadata = nbformat.from_dict(dict(cell.get("metadata", {})))
         new.metadata.pop("points", None)
-        tags = _tags(cell)
+        marks = tags(cell)
         kind = None
-        if cell.cell_type == "code" and "hidden-test" in tags:
+        if cell.cell_type == "code" and "hidden-test" in marks:
             kind = "hidden"
             new.source = f"### BEGIN HIDDEN TESTS\n{cell.source}\n### END HIDDEN TESTS"
             meta = {"grade": True, "solution": False, "locked": True, "points": int(cell.metadata.get("points", 1))}
-        elif "solution" in tags and cell.cell_type == "markdown":
+        elif "solution" in marks and cell.cell_type == "markdown":
             kind, meta = "answer", {"grade": True, "solution": True, "locked": False, "points": 0}
-        elif "solution" in tags or (cell.cell_type == "code" and BEGIN in cell.source):
+        elif "solution" in marks or (cell.cell_type == "code" and BEGIN in cell.source):
             strip_solutions(cell.source, label)  # unbalanced markers are an error here too
             kind, meta = "code", {"grade": False, "solution": True, "locked": False}
         if kind is None or kind == "answer":

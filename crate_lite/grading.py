@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import classroom
+from . import exercises
 from . import sandbox as sb
 
 
@@ -132,8 +132,8 @@ def _exercise_names(source: str) -> dict[str, str]:
     holds a ``# BEGIN SOLUTION`` line ("call"), and names assigned inside a top-level
     solution block ("get")."""
     lines = source.splitlines()
-    marks = [i + 1 for i, line in enumerate(lines) if line.strip() == classroom.BEGIN]
-    ends = [i + 1 for i, line in enumerate(lines) if line.strip() == classroom.END]
+    marks = [i + 1 for i, line in enumerate(lines) if line.strip() == exercises.BEGIN]
+    ends = [i + 1 for i, line in enumerate(lines) if line.strip() == exercises.END]
     tree = ast.parse(source)
     names: dict[str, str] = {}
     for node in tree.body:
@@ -167,8 +167,8 @@ def load_assignment(path: str | os.PathLike, text: str | None = None) -> Assignm
     except Exception as err:
         raise InstructorError(f"{path}: cannot read the notebook: {err}") from None
     a = Assignment(path.stem, text, path.suffix, hashlib.sha256(text.encode()).hexdigest())
-    for label, cell in classroom._labelled_cells(nb):
-        tags = classroom._tags(cell)
+    for label, cell in exercises.labelled_cells(nb):
+        tags = exercises.tags(cell)
         points = 0
         if cell.cell_type == "code" and "hidden-test" in tags:
             raw = cell.metadata.get("points", 1)
@@ -185,8 +185,8 @@ def load_assignment(path: str | os.PathLike, text: str | None = None) -> Assignm
                     f"{path}: the hidden test of {label} uses none of the names its solution defines "
                     f"({', '.join(sorted(mine)) or 'none'}): it would give points for nothing"
                 )
-        elif cell.cell_type == "code" and classroom.BEGIN in cell.source and "solution" not in tags:
-            classroom.strip_solutions(cell.source, label)  # raises on unbalanced markers
+        elif cell.cell_type == "code" and exercises.BEGIN in cell.source and "solution" not in tags:
+            exercises.strip_solutions(cell.source, label)  # raises on unbalanced markers
             try:
                 a.names.setdefault(label, {}).update(_exercise_names(cell.source))
             except SyntaxError as err:

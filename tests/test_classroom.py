@@ -18,7 +18,7 @@ import jupytext
 import nbformat
 import pytest
 
-from crate_lite import classroom, grading
+from crate_lite import classroom, exercises, grading
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
@@ -51,7 +51,7 @@ def _nb(tmp_path: Path, text: str = SOURCE):
 
 
 def test_strip_solutions_keeps_indentation_and_labels():
-    out = classroom.strip_solutions(
+    out = exercises.strip_solutions(
         "def f():\n    a = 1\n    # BEGIN SOLUTION\n    return a\n    # END SOLUTION\n", "Exercise 1.2"
     )
     assert out == 'def f():\n    a = 1\n    raise NotImplementedError("Exercise 1.2: your code here")'
@@ -62,7 +62,7 @@ def test_strip_solutions_keeps_indentation_and_labels():
 )
 def test_unbalanced_markers_are_errors(src):
     with pytest.raises(ValueError, match="SOLUTION"):
-        classroom.strip_solutions(src, "Exercise 1.1")
+        exercises.strip_solutions(src, "Exercise 1.1")
 
 
 def test_student_notebook_drops_solutions_and_hidden_tests(tmp_path):
@@ -72,7 +72,7 @@ def test_student_notebook_drops_solutions_and_hidden_tests(tmp_path):
     assert 'raise NotImplementedError("Exercise 3.2' in text
     assert "return x + y" not in text and "42" not in text and "f(2) == 3" not in text
     assert len(student.cells) == len(nb.cells) - 2
-    assert classroom.hidden_tests(nb) == [("Exercise 3.2", 3, "assert f(2) == 3")]
+    assert exercises.hidden_tests(nb) == [("Exercise 3.2", 3, "assert f(2) == 3")]
 
 
 def test_assignment_names_what_each_exercise_defines(tmp_path):
@@ -320,6 +320,6 @@ def test_nbgrader_runs_for_real_on_one_chapter(tmp_path):
     nbgrader("export")
     grades = (course / "grades.csv").read_text().splitlines()
     scores = {row.split(",")[3]: row.split(",")[-2:] for row in grades[1:]}
-    total = str(float(sum(p for _, p, _ in classroom.hidden_tests(jupytext.read(chapter)))))
+    total = str(float(sum(p for _, p, _ in exercises.hidden_tests(jupytext.read(chapter)))))
     assert scores == {"alice": [total, total], "bob": ["0.0", total]}, grades
     shutil.rmtree(course / "autograded", ignore_errors=True)

@@ -27,7 +27,7 @@ import jupytext
 import nbformat
 import pytest
 
-from crate_lite import classroom, grading
+from crate_lite import classroom, exercises, grading
 from crate_lite import sandbox as sb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +228,7 @@ def _notebook(*code: str, base=None) -> nbformat.NotebookNode:
 def _submissions(src: Path, subs: Path, out: Path, marker: Path) -> dict[str, bytes]:
     instructor = jupytext.reads(SOURCE, fmt="py:percent")
     solution = nbformat.v4.new_notebook(metadata=instructor.metadata)
-    solution.cells = [c for c in instructor.cells if "hidden-test" not in classroom._tags(c)]
+    solution.cells = [c for c in instructor.cells if "hidden-test" not in exercises.tags(c)]
     student = classroom.student_notebook(instructor)
     paths = dict(source=str(src), subs=str(subs), out=str(out), token=TOKEN, marker=str(marker))
 

@@ -11,7 +11,8 @@ lets each model file be short and read as a variation on the others: ``parts.py`
 (embeddings, attention masks, pooling, heads, :class:`Intermediates`, the frame),
 ``crate.py`` (the CRATE layer and classifier, presets), ``vit.py`` (the baseline: the
 same parts around a different layer), ``official.py`` (the reference implementation's
-checkpoint keys), ``autoencoder.py`` (CRATE-MAE and ViT-MAE, chapter 08). Models import
+checkpoint keys), ``autoencoder.py`` (CRATE-MAE and ViT-MAE, chapter 08), ``language.py``
+(CRATE-GPT, CRATE-BERT and their GPT / BERT baselines, chapter 10). Models import
 the derivation modules (``crate.py`` uses ``sparse.ista_step``), never the reverse.
 
     from crate_lite.models import crate as C          # C.CRATE, C.preset, ... (chapters 06-07)
@@ -36,13 +37,30 @@ from .crate import (
     PRESET_PARAMS,
     PRESETS,
     SDPA_MIN_TOKENS,
+    CRATEAlphaLayer,
     CRATEConfig,
     CRATELayer,
     ISTABlock,
+    OvercompleteISTABlock,
+    alpha_layer_param_count,
     ista_matrix,
     layer_param_count,
     preset,
     vit_layer_param_count,
+)
+from .language import (
+    GPTBlock,
+    LanguageModel,
+    LMConfig,
+    causal_lm_loss,
+    evaluate_lm,
+    evaluate_mlm,
+    generate,
+    lm_param_count,
+    mask_tokens,
+    masked_lm_loss,
+    match_dim,
+    next_token_loss,
 )
 from .official import load_official_state_dict, official_keys, to_official_state_dict
 from .parts import (
@@ -65,17 +83,22 @@ from .vit import ViT, ViTLayer
 __all__ = [
     "Backbone",
     "CRATE",
+    "CRATEAlphaLayer",
     "CRATEDecoderLayer",
     "CRATEMAE",
     "CRATEConfig",
     "CRATELayer",
     "ClassifierHead",
+    "GPTBlock",
     "ISTABlock",
     "ImageEmbedding",
     "Intermediates",
+    "LMConfig",
+    "LanguageModel",
     "MAEOutput",
     "MSSA",
     "MaskedAutoencoder",
+    "OvercompleteISTABlock",
     "PRESETS",
     "PRESET_PARAMS",
     "PatchEmbedding",
@@ -85,15 +108,25 @@ __all__ = [
     "ViT",
     "ViTLayer",
     "ViTMAE",
+    "alpha_layer_param_count",
+    "causal_lm_loss",
     "causal_mask",
     "check_mask",
+    "evaluate_lm",
     "evaluate_mae",
+    "evaluate_mlm",
+    "generate",
     "image_classifier_parts",
     "ista_matrix",
     "layer_param_count",
+    "lm_param_count",
     "load_official_state_dict",
     "mae_loss",
+    "mask_tokens",
+    "masked_lm_loss",
     "masked_mse",
+    "match_dim",
+    "next_token_loss",
     "official_keys",
     "padding_mask",
     "patchify",

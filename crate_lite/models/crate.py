@@ -55,6 +55,9 @@ __all__ = [
     "Intermediates",
     "patchify",
     "ista_matrix",
+    "OvercompleteISTABlock",
+    "CRATEAlphaLayer",
+    "alpha_layer_param_count",
     "layer_param_count",
     "vit_layer_param_count",
     "SDPA_MIN_TOKENS",
@@ -342,6 +345,95 @@ class CRATE(Backbone):
             raise TypeError(f"config: expected a CRATEConfig, got {type(config).__name__}")
         super().__init__(**image_classifier_parts(config, lambda: CRATELayer(config)), fast=config.fast)
         self.config = config
+
+
+# --------------------------------------------------------------------------- CRATE-alpha
+def alpha_layer_param_count(dim: int, ratio: int = 4) -> int:
+    """Parameters of one :class:`CRATEAlphaLayer` with K p = d and an ``ratio`` x
+    overcomplete dictionary: 2 d^2 + d (U and the output projection with bias) + 2 r d^2
+    (D and D1) + 4 d (two LayerNorms) = (2 + 2 r) d^2 + 5 d, so 10 d^2 + 5 d for r = 4
+    (chapter 10)."""
+    d = v.integer("dim", dim, minimum=1)
+    r = v.integer("ratio", ratio, minimum=1)
+    return (2 + 2 * r) * d * d + 5 * d
+
+
+class OvercompleteISTABlock(nn.Module):
+    """CRATE-alpha's sparse-coding block (Yang et al., arXiv:2405.20299; chapter 10): two
+    ISTA steps of non-negative LASSO against an *overcomplete* dictionary D in R^{d x m}
+    (m = ``ratio`` d), started from zero, then decoded by a *separate* dictionary D1:
+
+        a1  = ReLU(eta D^T x - eta lambda)                       (first step from a0 = 0)
+        a2  = ReLU(a1 - eta D^T (D a1 - x) - eta lambda)          (second step)
+        out = D1 a2                                               (the layer adds x back)
+
+    written for a column x in R^d; in the code's row layout, tokens x (B, N, d) give codes
+    (B, N, m) and the output (B, N, d). ``D`` and ``D1`` are stored as (d, m) matrices and
+    initialised Kaiming-uniform, as in the released code (UCSC-VLAA/CRATE-alpha,
+    ``OvercompleteISTABlock``); ``step_size`` is eta, ``lam`` is lambda (both 0.1 there).
+    ``forward(x, return_codes=True)`` also returns a2 (B, N, m) (its zeros are the sparsity).
+    """
+
+    def __init__(self, dim: int, ratio: int = 4, step_size: float = 0.1, lam: float = 0.1) -> None:
+        super().__init__()
+        self.dim = v.integer("dim", dim, minimum=1)
+        self.ratio = v.integer("ratio", ratio, minimum=1)
+        self.step_size = v.positive("step_size", step_size)
+        self.lam = v.positive("lam", lam, allow_zero=True)
+        self.D = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(dim, ratio * dim)))
+        self.D1 = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(dim, ratio * dim)))
+
+    def forward(
+        self, x: torch.Tensor, *, return_codes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``x`` (B, N, d) -> D1 a2 (B, N, d) (and a2 (B, N, m) with ``return_codes``)."""
+        x = layer_tokens("x", x, self.dim, self.D)
+        eta, shift = self.step_size, self.step_size * self.lam
+        a1 = torch.relu(eta * (x @ self.D) - shift)  # (B, N, m): rows of a1 = ReLU(eta D^T x - eta lambda)
+        residual = a1 @ self.D.T - x  # (B, N, d): D a1 - x
+        a2 = torch.relu(a1 - eta * (residual @ self.D) - shift)  # (B, N, m)
+        out = a2 @ self.D1.T  # (B, N, d): D1 a2
+        return (out, a2) if v.flag("return_codes", return_codes) else out
+
+
+class CRATEAlphaLayer(nn.Module):
+    """One CRATE-alpha layer (arXiv:2405.20299; chapter 10): the CRATE compression step,
+    then the overcomplete sparse-coding block *with a residual around it*:
+
+        Z_half = Z + MSSA(LN1(Z)),   Z_next = Z_half + D1 a2(LN2(Z_half))
+
+    (:class:`OvercompleteISTABlock`). Same call signature and ``record`` fields as
+    :class:`CRATELayer` (``outputs`` are not sparse here: the codes a2 are). The released
+    code's output projection has no bias and its LayerNorms use eps 1e-6; here the MSSA is
+    CRATE's (output bias) and the LayerNorms PyTorch's default, so that the two layers
+    differ only in the sparse-coding block. Parameters: :func:`alpha_layer_param_count`.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, dim_head: int, *, ratio: int = 4, step_size: float = 0.1, lam: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.dim = v.integer("dim", dim, minimum=1)
+        self.norm1 = nn.LayerNorm(dim)
+        self.mssa = MSSA(dim, heads, dim_head)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ista = OvercompleteISTABlock(dim, ratio, step_size, lam)
+
+    def forward(
+        self, z: torch.Tensor, *, mask: Mask = None, fast: bool = True, record: Intermediates | None = None
+    ) -> torch.Tensor:
+        """Tokens ``z`` (B, N, d) -> (B, N, d); ``mask``, ``fast`` and ``record`` as for
+        :class:`CRATELayer` (``fast`` picks the MSSA path)."""
+        z = layer_tokens("z", z, self.dim, self.norm1.weight)
+        mask = check_mask(mask, z.shape[0], self.mssa.heads, z.shape[1])
+        y = self.norm1(z)  # (B, N, d)
+        m, attn = self.mssa.attend(y, mask, fast, need_attn=record is not None)
+        z_half = z + m  # (B, N, d)
+        x = self.norm2(z_half)  # (B, N, d)
+        out = z_half + self.ista(x)  # residual around the sparse-coding block
+        if record is not None:
+            record.append(inputs=z, mssa_inputs=y, attentions=attn, z_half=z_half, ista_inputs=x, outputs=out)
+        return out
 
 
 # --------------------------------------------------------------------------- presets

@@ -23,7 +23,7 @@
 # **Prerequisites:** chapters 02 (coding rate), 06 (the CRATE layer), 07 (the transformer and the
 # training loop), 08 (the linear probe).
 #
-# **Expected run time** on a 2-core CPU (measured 2026-11-30): smoke 23 s, cpu 21.5 min (budget: smoke 90 s, cpu 15 min).
+# **Expected run time** on a 2-core CPU (measured 2026-11-30): smoke 23 s, cpu 21.5 min (budget: smoke 90 s, cpu 25 min).
 #
 # **Data and models per profile.** `smoke`: Tiny Shakespeare (or, when it is not in the data root and
 # cannot be downloaded, a synthetic two-source text), width 32, 2 layers, block 32, 80 steps.

@@ -59,6 +59,7 @@ from crate_lite import simdino as S
 from crate_lite.coding_rate import coding_rate, subspace_coding_rate
 from crate_lite.data import augment as A
 from crate_lite.models import crate as C
+from crate_lite.models.autoencoder import ridge_probe
 from crate_lite.models.vit import ViT
 from crate_lite.results import Recorder
 
@@ -549,7 +550,7 @@ assert checks.rejects(
 )
 
 acc_knn = {name: S.knn_accuracy(Ftr_, y_train, Fte_, y_test) for name, (Ftr_, Fte_) in feats.items()}
-acc_probe = {name: S.ridge_probe(Ftr_, y_train, Fte_, y_test) for name, (Ftr_, Fte_) in feats.items()}
+acc_probe = {name: ridge_probe(Ftr_, y_train, Fte_, y_test) for name, (Ftr_, Fte_) in feats.items()}
 print(f"{'backbone':18s} | {'params':>8s} | {'k-NN (k=20)':>11s} | {'linear probe':>12s}")
 for name, m in models.items():
     n_par = sum(p.numel() for p in (m.backbone if isinstance(m, S.SimDINONet) else m).parameters())

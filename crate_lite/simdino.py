@@ -29,8 +29,7 @@ Also here: the projection head (:class:`ProjectionHead`), a backbone that runs a
 size (:class:`SimDINONet`, positions interpolated for the small local crops), the training
 loss for :func:`crate_lite.train.fit` (:func:`simdino_loss_fn`), and the measurements of
 chapter 11: :func:`effective_rank`, :func:`knn_accuracy` and :func:`features`; the linear probe
-is chapter 08's closed-form ridge classifier, :func:`crate_lite.models.autoencoder.ridge_probe`,
-re-exported here.
+is chapter 08's closed-form ridge classifier, :func:`crate_lite.models.autoencoder.ridge_probe`.
 
 Shapes: images (B, C, H, W); views of one batch stacked as (V, m, p); features rows as samples.
 """
@@ -46,7 +45,6 @@ from torch import nn
 
 from . import _validate as v
 from .coding_rate import coding_rate
-from .models.autoencoder import ridge_probe
 from .models.parts import Backbone, ClassifierHead, ImageEmbedding, patchify
 from .train.ema import EMA
 from .train.loop import LossFn
@@ -65,7 +63,6 @@ __all__ = [
     "knn_predict",
     "knn_accuracy",
     "features",
-    "ridge_probe",
 ]
 
 RATE_ON = ("average", "student")

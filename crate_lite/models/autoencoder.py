@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate as v
-from .crate import MSSA, CRATEConfig, CRATELayer
+from .crate import MSSA, CRATEConfig, CRATELayer, require_default_switches
 from .parts import ImageEmbedding, Intermediates, Mask, check_mask, layer_tokens, patchify
 from .vit import ViTLayer
 
@@ -167,6 +167,7 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         if not isinstance(config, CRATEConfig):
             raise TypeError(f"config: expected a CRATEConfig, got {type(config).__name__}")
+        require_default_switches(config, "the masked autoencoders (their decoders have no switches)")
         self.config = config
         self.decoder_depth = v.integer(
             "decoder_depth", config.depth if decoder_depth is None else decoder_depth, minimum=1

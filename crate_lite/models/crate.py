@@ -25,6 +25,13 @@ Every module has two code paths with the same outputs (to float32 rounding):
   X M - eta lambda with M = I + eta (D - D^T D), a d x d matrix formed once per call
   (eq. 6.11). ``benchmarks/throughput.py`` measures the difference.
 
+Ablation switches (chapter 12; :data:`SWITCH_DEFAULTS`, fields of :class:`CRATEConfig` and of
+the language model's config) replace one departure of the reference code from the derivation
+at a time: ``out_proj`` (untied W_out with bias, or the tied U_k of eq. 6.6), ``residual``
+(Z + MSSA, or eq. 6.7's (1 - kappa beta) Z + kappa beta MSSA), ``membership`` (softmax, the
+thresholded softmax of the attention-only transformer, or no normalisation) and ``norm``
+(LayerNorm before each block, or none). The defaults are the reference code, bit for bit.
+
 One :class:`CRATELayer` serves the classifier here and, later, the autoencoder's encoder,
 the language model and the self-supervised backbone. ``CRATE.forward(img,
 return_intermediates=True)`` also returns every layer's token states and attention
@@ -61,6 +68,12 @@ __all__ = [
     "layer_param_count",
     "vit_layer_param_count",
     "SDPA_MIN_TOKENS",
+    "OUT_PROJS",
+    "RESIDUALS",
+    "MEMBERSHIPS",
+    "SWITCH_DEFAULTS",
+    "validate_switches",
+    "require_default_switches",
     "PRESETS",
     "PRESET_PARAMS",
     "preset",
@@ -68,6 +81,70 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- config
+OUT_PROJS = ("untied", "tied")
+"""Values of ``out_proj``: the reference code's learned output Linear with bias, or the
+derivation's output side, the same U_k as the input projection (eq. 6.6)."""
+RESIDUALS = ("plain", "derived")
+"""Values of ``residual``: Z + MSSA(LN1 Z) (reference code, eq. 6.9), or
+(1 - kappa beta) Z + kappa beta MSSA(LN1 Z) (the descent step of eq. 6.7)."""
+MEMBERSHIPS = ("softmax", "thresholded", "none")
+"""Values of ``membership``, the map from a head's scaled Gram matrix to its weights
+(see :class:`MSSA`): softmax over keys (reference code), the thresholded softmax of the
+attention-only transformer (arXiv:2506.03790), or none (the reference CRATE-MAE
+decoder's ``use_softmax=False``)."""
+SWITCH_DEFAULTS: dict[str, object] = dict(
+    out_proj="untied", residual="plain", kappa_beta=0.1, membership="softmax", threshold=0.5, norm=True
+)
+"""The ablation switches and their defaults (the reference code), shared by
+:class:`CRATEConfig` and :class:`crate_lite.models.language.LMConfig`."""
+
+
+def _threshold(value: object, membership: str) -> float:
+    """``threshold`` tau of the thresholded membership, a number in (0, 1), as a float; a
+    value other than the default is refused unless ``membership`` is ``"thresholded"``."""
+    tau = v.positive("threshold", value)
+    if tau >= 1:
+        raise ValueError(f"threshold: expected tau in (0, 1) (softmax weights never exceed 1), got {tau}")
+    if tau != SWITCH_DEFAULTS["threshold"] and membership != "thresholded":
+        raise ValueError(
+            f"threshold: only used with membership='thresholded', got threshold={tau} with membership={membership!r}"
+        )
+    return tau
+
+
+def validate_switches(config: object) -> None:
+    """Check the ablation switches of ``config`` (a :class:`CRATEConfig` or an ``LMConfig``):
+    each value among its choices, ``kappa_beta`` in (0, 1], ``threshold`` in (0, 1), and no
+    setting that would do nothing (``kappa_beta`` other than its default without
+    ``residual="derived"``, ``threshold`` without ``membership="thresholded"``).
+    ``kappa_beta`` and ``threshold`` are stored back as floats."""
+    c = config
+    v.choice("out_proj", c.out_proj, OUT_PROJS)
+    v.choice("residual", c.residual, RESIDUALS)
+    v.choice("membership", c.membership, MEMBERSHIPS)
+    v.flag("norm", c.norm)
+    c.kappa_beta = v.positive("kappa_beta", c.kappa_beta)
+    if c.kappa_beta > 1:
+        raise ValueError(f"kappa_beta: expected a step kappa beta in (0, 1], got {c.kappa_beta}")
+    if c.kappa_beta != SWITCH_DEFAULTS["kappa_beta"] and c.residual != "derived":
+        raise ValueError(
+            f"kappa_beta: only used with residual='derived', got kappa_beta={c.kappa_beta} with residual={c.residual!r}"
+        )
+    c.threshold = _threshold(c.threshold, c.membership)
+
+
+def require_default_switches(config: object, where: str) -> None:
+    """Refuse a config whose ablation switches differ from the reference code's
+    (:data:`SWITCH_DEFAULTS`) where ``where`` (a model or a converter) has no use for them,
+    so that a switch is never silently ignored."""
+    for name, default in SWITCH_DEFAULTS.items():
+        if getattr(config, name) != default:
+            raise ValueError(
+                f"{name}: the ablation switches apply to CRATE's own layers only, not to {where}; "
+                f"expected {name}={default!r}, got {getattr(config, name)!r}"
+            )
+
+
 @dataclass
 class CRATEConfig:
     """Every size of a CRATE image classifier (chapter 07).
@@ -75,6 +152,12 @@ class CRATEConfig:
     ``dim`` is d, ``heads`` is K, ``dim_head`` is p (K p is usually d), ``depth`` is L.
     ``step_size`` is eta and ``lam`` is lambda of the ISTA block (eq. 6.10); the
     reference code hard-codes lambda = 0.1. ``fast`` picks the fused code path.
+
+    Ablation switches (chapter 12; defaults = the reference code, :data:`SWITCH_DEFAULTS`):
+    ``out_proj`` in :data:`OUT_PROJS` and ``membership`` in :data:`MEMBERSHIPS` (with
+    ``threshold`` tau for ``"thresholded"``) go to :class:`MSSA`; ``residual`` in
+    :data:`RESIDUALS` (with ``kappa_beta`` for ``"derived"``) and ``norm`` (LayerNorm before
+    each block, or ``nn.Identity``) to :class:`CRATELayer`. Checked by :func:`validate_switches`.
     """
 
     image_size: int = 32
@@ -89,6 +172,12 @@ class CRATEConfig:
     step_size: float = 0.1
     lam: float = 0.1
     fast: bool = True
+    out_proj: str = "untied"
+    residual: str = "plain"
+    kappa_beta: float = 0.1
+    membership: str = "softmax"
+    threshold: float = 0.5
+    norm: bool = True
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "heads", "dim_head"):
@@ -99,6 +188,7 @@ class CRATEConfig:
         self.step_size = v.positive("step_size", self.step_size)
         self.lam = v.positive("lam", self.lam, allow_zero=True)
         v.flag("fast", self.fast)
+        validate_switches(self)
 
     @property
     def num_patches(self) -> int:
@@ -167,62 +257,128 @@ class MSSA(nn.Module):
     """Multi-head subspace self-attention (chapter 06, eq. 6.8), input already normalised.
 
     ``qkv.weight`` (K p, d) stacks U_1^T ... U_K^T: one bias-free projection serves as
-    query, key and value. ``to_out`` is the reference code's untied output projection
-    with bias (absent, as there, when K = 1 and p = d). An optional boolean ``mask``
-    (True = may attend; (N, N) or broadcastable to (B, K, N, N), see
-    :func:`~crate_lite.models.parts.check_mask`) sets the excluded logits to -inf before
-    the softmax, on both code paths.
+    query, key and value. For tokens Y (B, N, d) and W_k = Y U_k (B, N, p), head k computes
+
+        G_k = W_k W_k^T / sqrt(p)   (B, N, N),    SSA_k = A(G_k) W_k   (B, N, p),
+
+    with the *membership* A chosen by ``membership`` (applied to each query's row of keys):
+
+    - ``"softmax"`` (reference code, eq. 6.8): A(G) = softmax(G) over keys.
+    - ``"thresholded"``: A(G) = h(softmax(G)) with h(x) = tau 1{x > tau} entrywise, tau =
+      ``threshold``: the phi = h o sigma of the denoising theorem of the attention-only
+      transformer (Wang et al., arXiv:2506.03790, for its layer Z^{l+1} = Z^l + eta sum_k
+      U_k U_k^T Z^l phi(Z^l^T U_k U_k^T Z^l); the definition as stated in the authors' book,
+      Ma-Lab-Berkeley/deep-representation-learning-book, ch. 4, "Attention-Only Transformer
+      Architecture").
+      The theorem takes tau in (1/2, 1/(1 + N exp(-9p/32))]; for tau >= 1/2 at most one key
+      per query (the dominant one) keeps weight tau, all others 0. h is flat, so no gradient
+      flows through A, only through the values W_k; a query row with no softmax weight above
+      tau outputs 0 and passes no gradient at all. At initialisation the logits are small and
+      few rows pass (mostly early positions of a causal sequence, which have few keys).
+    - ``"none"``: A(G) = G, no normalisation, the reference CRATE-MAE decoder's
+      ``use_softmax=False`` (Ma-Lab-Berkeley/CRATE ``model/crate_ae/crate_decoder.py``),
+      scaled as there by 1/sqrt(p) only: SSA_k = W_k W_k^T W_k / sqrt(p) is cubic in the
+      tokens and sums N keys unweighted, so its size grows with N and with the token scale.
+      A blow-up cannot pass silently: the models refuse a non-finite output (always on the
+      CPU, in eval mode on a GPU) and ``train.fit`` a non-finite loss (:mod:`.parts`).
+
+    An optional boolean ``mask`` (True = may attend; (N, N) or broadcastable to
+    (B, K, N, N), see :func:`~crate_lite.models.parts.check_mask`) removes the excluded keys
+    on both code paths: their logits are set to -inf before the softmax (so they get weight
+    0 in ``"softmax"`` and ``"thresholded"``), and their entries of G to 0 in ``"none"``.
+
+    The output side is chosen by ``out_proj``:
+
+    - ``"untied"`` (reference code): ``to_out``, a learned Linear with bias,
+      MSSA(Y) = [SSA_1 ... SSA_K] W_out^T + b_out (absent, as there, when K = 1 and p = d);
+    - ``"tied"`` (the derivation, eq. 6.6): MSSA(Y) = sum_k SSA_k U_k^T, the same U_k as
+      on the input side and no bias, so d K p + d parameters fewer (none when K = 1, p = d).
+      In the column layout this is [U_1 ... U_K][SSA_1; ...; SSA_K], eq. 6.6 up to its
+      factor beta and temperature: with U_k = sqrt(beta) U'_k for unit-scale bases U'_k,
+      the tied output is beta sum_k U'_k SSA'_k with logits beta W'_k W'_k^T / sqrt(p)
+      (6.6 has temperature 1 there): the learned scale of U carries beta.
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        *,
+        out_proj: str = "untied",
+        membership: str = "softmax",
+        threshold: float = 0.5,
+    ) -> None:
         super().__init__()
         self.dim = v.integer("dim", dim, minimum=1)
         self.heads = v.integer("heads", heads, minimum=1)
         self.dim_head = v.integer("dim_head", dim_head, minimum=1)
+        self.out_proj = v.choice("out_proj", out_proj, OUT_PROJS)
+        self.membership = v.choice("membership", membership, MEMBERSHIPS)
+        self.threshold = _threshold(threshold, membership)
         self.scale = dim_head**-0.5
         inner = heads * dim_head
         self.qkv = nn.Linear(dim, inner, bias=False)
-        self.to_out: nn.Linear | None = None if (heads == 1 and dim_head == dim) else nn.Linear(inner, dim)
+        untied = out_proj == "untied" and not (heads == 1 and dim_head == dim)
+        self.to_out: nn.Linear | None = nn.Linear(inner, dim) if untied else None
+        # value given to the Gram entries of masked keys before the membership map
+        self._masked_value = 0.0 if membership == "none" else float("-inf")
 
     def subspaces(self) -> torch.Tensor:
         """The bases U_k stacked as (K, d, p) (what ``subspace_coding_rate`` takes)."""
         return self.qkv.weight.reshape(self.heads, self.dim_head, self.dim).mT  # (K, p, d) -> (K, d, p)
 
+    def _weights(self, gram: torch.Tensor) -> torch.Tensor:
+        """The membership A (..., N, N) from masked, scaled Gram logits ``gram`` (..., N, N)."""
+        if self.membership == "none":
+            return gram
+        a = torch.softmax(gram, dim=-1)  # (..., N, N): softmax over keys j
+        if self.membership == "thresholded":  # h(x) = tau 1{x > tau}; a constant for autograd
+            a = (a > self.threshold).to(a.dtype).mul_(self.threshold)
+        return a
+
     def _project_out(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.to_out is None else self.to_out(y)
+        """Concatenated heads (B, N, K p) -> (B, N, d): ``to_out``, or the tied sum_k SSA_k U_k^T."""
+        if self.to_out is not None:
+            return self.to_out(y)
+        return y @ self.qkv.weight if self.out_proj == "tied" else y  # (B, N, K p) @ (K p, d)
 
     def forward_literal(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (6.8) term by term, one subspace at a time, for tokens ``y`` (B, N, d) and a
-        checked 4-d ``mask`` or None. Returns (output (B, N, d), attention (B, K, N, N))."""
+        checked 4-d ``mask`` or None. Returns (output (B, N, d), membership (B, K, N, N))."""
         U = self.subspaces()  # (K, d, p)
         heads, attns = [], []
         for k in range(self.heads):
             w = y @ U[k]  # (B, N, p): coordinates of every token in subspace k
             gram = w @ w.mT * self.scale  # (B, N, N): <U_k^T z_i, U_k^T z_j> / sqrt(p)
             if mask is not None:  # mask (b, K or 1, N or 1, N) -> head k's (b, N or 1, N)
-                gram = gram.masked_fill(~mask[:, k if mask.shape[1] > 1 else 0], float("-inf"))
-            a = torch.softmax(gram, dim=-1)  # (B, N, N): softmax over keys j
+                gram = gram.masked_fill(~mask[:, k if mask.shape[1] > 1 else 0], self._masked_value)
+            a = self._weights(gram)  # (B, N, N)
             heads.append(a @ w)  # (B, N, p): SSA(Z | U_k)
             attns.append(a)
-        out = torch.cat(heads, dim=-1)  # (B, N, K p)
-        return self._project_out(out), torch.stack(attns, dim=1)  # (B, N, d), (B, K, N, N)
+        if self.out_proj == "tied":  # eq. 6.6: sum_k SSA_k U_k^T, one subspace at a time
+            out = sum(h @ U[k].mT for k, h in enumerate(heads))  # (B, N, p) @ (p, d) -> (B, N, d)
+        else:
+            out = self._project_out(torch.cat(heads, dim=-1))  # (B, N, K p) -> (B, N, d)
+        return out, torch.stack(attns, dim=1)  # (B, N, d), (B, K, N, N)
 
     def forward_fast(
         self, y: torch.Tensor, mask: torch.Tensor | None = None, need_attn: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All heads at once with Q = K = V: ``scaled_dot_product_attention`` (with
-        ``attn_mask``) from :data:`SDPA_MIN_TOKENS` tokens on, else (or when the attention
-        matrix is wanted) an explicit masked softmax. Same output as :meth:`forward_literal`."""
+        ``attn_mask``) from :data:`SDPA_MIN_TOKENS` tokens on for the softmax membership,
+        else (or when the membership matrix is wanted) explicit products. Same output as
+        :meth:`forward_literal`."""
         B, N, _ = y.shape
         K, p = self.heads, self.dim_head
         # one copy into (B K, N, p) so that every batched product below reads it in place
         w = self.qkv(y).view(B, N, K, p).transpose(1, 2).reshape(B * K, N, p)  # (B, N, K p) -> (B K, N, p)
         a = None
-        if need_attn or N < SDPA_MIN_TOKENS:  # short sequences: two matmuls beat the fused kernel
+        if need_attn or N < SDPA_MIN_TOKENS or self.membership != "softmax":  # explicit: short or not softmax
             gram = torch.bmm(w, w.mT).mul_(self.scale)  # (B K, N, N)
             if mask is not None:  # mask broadcasts over the (B, K, N, N) view of gram
-                gram.view(B, K, N, N).masked_fill_(~mask, float("-inf"))
-            attn = torch.softmax(gram, dim=-1)  # (B K, N, N)
+                gram.view(B, K, N, N).masked_fill_(~mask, self._masked_value)
+            attn = self._weights(gram)  # (B K, N, N)
             o = torch.bmm(attn, w)  # (B K, N, p)
             a = attn.view(B, K, N, N) if need_attn else None
         elif mask is None:
@@ -236,7 +392,7 @@ class MSSA(nn.Module):
     def attend(
         self, y: torch.Tensor, mask: torch.Tensor | None, fast: bool, need_attn: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(output (B, N, d), attention (B, K, N, N) if ``need_attn`` else possibly None)
+        """(output (B, N, d), membership (B, K, N, N) if ``need_attn`` else possibly None)
         on the chosen path; ``y`` and ``mask`` already checked."""
         return self.forward_fast(y, mask, need_attn) if fast else self.forward_literal(y, mask)
 
@@ -293,14 +449,37 @@ class CRATELayer(nn.Module):
 
     The one layer class of every CRATE model: the classifier, the autoencoder's encoder,
     the language model (with a causal ``mask``) and the self-supervised backbone.
+
+    Switches of ``cfg`` (chapter 12; defaults = the reference code, as above):
+
+    - ``residual="derived"`` replaces the plain residual (6.9) by the descent step (6.7),
+      Z_half = (1 - kappa_beta) Z + kappa_beta MSSA(LN1(Z)), with ``kappa_beta`` the
+      product kappa beta of (6.7) (step size kappa on R^c times beta = p / (N eps^2)), a
+      hyper-parameter in (0, 1] since the code has no eps (default 0.1; chapter 06's data
+      give kappa beta of about 0.01-0.02). MSSA is this module's output,
+      (6.6) when ``out_proj="tied"`` (the learned scale of U carrying (6.6)'s beta, see
+      :class:`MSSA`), else the reference code's untied W_out in place of beta U. So
+      ``out_proj="tied", residual="derived", norm=False`` is (6.7) with the temperature
+      1/sqrt(p) of (6.8), the one relaxation of chapter 06's table left in.
+      With ``norm=True`` the derived residual only rescales the MSSA term: LN2 is
+      scale-invariant and nothing else reads Z_half (no residual around ISTA), so it equals
+      the plain residual with MSSA(LN1(Z)) times kappa_beta / (1 - kappa_beta), up to
+      LayerNorm's epsilon; at kappa_beta = 1/2 the two layers are the same function.
+    - ``norm=False``: ``norm1`` and ``norm2`` are ``nn.Identity`` (no LayerNorm before
+      either block; 4 d parameters fewer).
+    - ``out_proj``, ``membership``, ``threshold``: passed to :class:`MSSA`.
     """
 
     def __init__(self, cfg: CRATEConfig) -> None:
         super().__init__()
         self.dim = cfg.dim
-        self.norm1 = nn.LayerNorm(cfg.dim)
-        self.mssa = MSSA(cfg.dim, cfg.heads, cfg.dim_head)
-        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.residual = cfg.residual
+        self.kappa_beta = cfg.kappa_beta
+        self.norm1 = nn.LayerNorm(cfg.dim) if cfg.norm else nn.Identity()
+        self.mssa = MSSA(
+            cfg.dim, cfg.heads, cfg.dim_head, out_proj=cfg.out_proj, membership=cfg.membership, threshold=cfg.threshold
+        )
+        self.norm2 = nn.LayerNorm(cfg.dim) if cfg.norm else nn.Identity()
         self.ista = ISTABlock(cfg.dim, cfg.step_size, cfg.lam)
 
     def forward(
@@ -309,13 +488,17 @@ class CRATELayer(nn.Module):
         """Tokens ``z`` (B, N, d) -> (B, N, d). ``mask``: optional boolean attention mask
         (True = may attend), (N, N) or broadcastable to (B, K, N, N). When ``record`` is an
         :class:`Intermediates`, appends this layer's ``inputs``, ``mssa_inputs`` (LN1 z),
-        ``attentions`` (B, K, N, N), ``z_half``, ``ista_inputs`` (LN2 z_half), ``outputs``.
+        ``attentions`` (B, K, N, N: the membership A of :class:`MSSA`), ``z_half``,
+        ``ista_inputs`` (LN2 z_half), ``outputs``.
         ``z`` is cast to the weights' dtype (see :mod:`.parts` for the dtype and value rules)."""
-        z = layer_tokens("z", z, self.dim, self.norm1.weight)
+        z = layer_tokens("z", z, self.dim, self.mssa.qkv.weight)
         mask = check_mask(mask, z.shape[0], self.mssa.heads, z.shape[1])
         y = self.norm1(z)  # (B, N, d)
         m, attn = self.mssa.attend(y, mask, fast, need_attn=record is not None)
-        z_half = z + m  # (6.9)
+        if self.residual == "plain":
+            z_half = z + m  # (6.9)
+        else:
+            z_half = (1 - self.kappa_beta) * z + self.kappa_beta * m  # (6.7)
         x = self.norm2(z_half)  # (B, N, d)
         out = self.ista.forward_fast(x) if fast else self.ista.forward_literal(x)  # (6.10)
         if record is not None:

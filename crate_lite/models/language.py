@@ -8,7 +8,8 @@ Every model here is the course's frame, ``Backbone(embed, layers, pool, head)`` 
 with :class:`~crate_lite.models.parts.TokenEmbedding` (token table plus learned positions),
 ``Pool("none")`` (every token goes to the head) and one of three layers (``LMConfig.layer``):
 
-- ``"crate"``: :class:`~crate_lite.models.crate.CRATELayer`, chapter 06's layer unchanged;
+- ``"crate"``: :class:`~crate_lite.models.crate.CRATELayer`, chapter 06's layer unchanged
+  (or with the ablation switches of chapter 12, see :class:`LMConfig`);
 - ``"crate_alpha"``: :class:`~crate_lite.models.crate.CRATEAlphaLayer` (overcomplete dictionary,
   two ISTA steps from zero, separate decoding dictionary, residual; arXiv:2405.20299);
 - ``"gpt"``: :class:`GPTBlock`, a plain pre-LN GPT-2 block (MLP ratio 4, GELU, GPT-2 init).
@@ -46,7 +47,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate as v
-from .crate import CRATEAlphaLayer, CRATEConfig, CRATELayer
+from .crate import (
+    SWITCH_DEFAULTS,
+    CRATEAlphaLayer,
+    CRATEConfig,
+    CRATELayer,
+    require_default_switches,
+    validate_switches,
+)
 from .parts import Backbone, Pool, TokenEmbedding, causal_mask
 from .vit import ViTLayer
 
@@ -86,6 +94,13 @@ class LMConfig:
     (lambda) are the ISTA block's; ``dict_ratio`` is CRATE-alpha's overcompleteness m / d;
     ``mlp_ratio`` is the GPT block's. ``causal`` picks the mask and the head (see the module
     docstring); ``tied`` ties the output decoder to the token embedding.
+
+    Ablation switches of the CRATE layer (chapter 12), as in
+    :class:`~crate_lite.models.crate.CRATEConfig` (defaults = the reference code):
+    ``out_proj`` ("untied" | "tied": MSSA's output side, not to be confused with ``tied``
+    above), ``residual`` ("plain" | "derived", with ``kappa_beta``), ``membership``
+    ("softmax" | "thresholded" | "none", with ``threshold``) and ``norm``. They apply to
+    ``layer="crate"`` only; another value with another layer is a ``ValueError``.
     """
 
     vocab_size: int
@@ -102,6 +117,12 @@ class LMConfig:
     dict_ratio: int = 4
     mlp_ratio: int = 4
     fast: bool = True
+    out_proj: str = "untied"
+    residual: str = "plain"
+    kappa_beta: float = 0.1
+    membership: str = "softmax"
+    threshold: float = 0.5
+    norm: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "dim", "depth", "heads", "dict_ratio", "mlp_ratio"):
@@ -118,6 +139,9 @@ class LMConfig:
             v.flag(name, getattr(self, name))
         self.step_size = v.positive("step_size", self.step_size)
         self.lam = v.positive("lam", self.lam, allow_zero=True)
+        validate_switches(self)
+        if self.layer != "crate":
+            require_default_switches(self, f"layer={self.layer!r} (they apply to layer='crate')")
 
     def to_dict(self) -> dict[str, object]:
         """A plain dict (for checkpoints and logs)."""
@@ -129,7 +153,9 @@ def lm_param_count(config: LMConfig) -> int:
     P = K p the attention width:
 
     - embedding: V d (tokens) + n d (positions, n = block_size);
-    - per layer: CRATE 2 d P + d^2 + 5 d (U, output projection with bias, D, two LayerNorms);
+    - per layer: CRATE 2 d P + d^2 + 5 d (U, output projection with bias, D, two LayerNorms;
+      P d + d fewer without the output projection: ``out_proj="tied"``, or K = 1 and p = d;
+      4 d fewer without the LayerNorms: ``norm=False``);
       CRATE-alpha 2 d P + 2 r d^2 + 5 d (D and D1 of width r d); GPT 4 d P + 3 P + 2 r' d^2 +
       (r' + 6) d (Q, K, V and output with biases, the MLP of ratio r', two LayerNorms);
     - head: causal 2 d (final LayerNorm); masked 2 d + d^2 + d + 2 d + V (final LayerNorm,
@@ -140,7 +166,8 @@ def lm_param_count(config: LMConfig) -> int:
     c = config
     d, P, V = c.dim, c.heads * c.dim_head, c.vocab_size
     if c.layer == "crate":
-        layer = 2 * d * P + d * d + 5 * d
+        untied = c.out_proj == "untied" and not (c.heads == 1 and c.dim_head == d)
+        layer = d * P + (P * d + d if untied else 0) + d * d + (4 * d if c.norm else 0)
     elif c.layer == "crate_alpha":
         layer = 2 * d * P + 2 * c.dict_ratio * d * d + 5 * d
     else:
@@ -225,8 +252,9 @@ class MLMHead(nn.Module):
 
 def _make_layer(c: LMConfig) -> nn.Module:
     if c.layer == "crate":
+        switches = {name: getattr(c, name) for name in SWITCH_DEFAULTS}
         cfg = CRATEConfig(
-            dim=c.dim, depth=c.depth, heads=c.heads, dim_head=c.dim_head, step_size=c.step_size, lam=c.lam
+            dim=c.dim, depth=c.depth, heads=c.heads, dim_head=c.dim_head, step_size=c.step_size, lam=c.lam, **switches
         )
         return CRATELayer(cfg)
     if c.layer == "crate_alpha":

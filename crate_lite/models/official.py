@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from .crate import CRATE, PRESET_PARAMS, PRESETS, CRATEConfig
+from .crate import CRATE, PRESET_PARAMS, PRESETS, SWITCH_DEFAULTS, CRATEConfig
 
 __all__ = ["load_official_state_dict", "to_official_state_dict", "official_keys"]
 
@@ -59,8 +59,19 @@ def _projects_out(config: CRATEConfig) -> bool:
     return not (config.heads == 1 and config.dim_head == config.dim)
 
 
+def _reference_layout(config: CRATEConfig) -> None:
+    """Refuse the ablation switches that change the parameter layout (chapter 12): the
+    reference checkpoints have an untied output projection and both LayerNorms."""
+    for name in ("out_proj", "norm"):
+        if getattr(config, name) != SWITCH_DEFAULTS[name]:
+            raise ValueError(
+                f"{name}: the reference CRATE layout has {name}={SWITCH_DEFAULTS[name]!r}, got {getattr(config, name)!r}"
+            )
+
+
 def official_keys(config: CRATEConfig) -> list[str]:
     """The state-dict keys of the reference implementation for ``config``."""
+    _reference_layout(config)
     return list(_key_map(config.depth, _projects_out(config)))
 
 
@@ -159,6 +170,7 @@ def load_official_state_dict(
         if not isinstance(config, CRATEConfig):
             raise TypeError(f"config: expected a CRATEConfig or None, got {type(config).__name__}")
         config = replace(config, **overrides) if overrides else config
+    _reference_layout(config)
     model = CRATE(config)
     mapping = _key_map(config.depth, _projects_out(config))
     missing = sorted(set(mapping) - set(sd))
@@ -186,5 +198,6 @@ def to_official_state_dict(model: CRATE) -> dict[str, torch.Tensor]:
     :func:`load_official_state_dict`)."""
     if not isinstance(model, CRATE):
         raise TypeError(f"model: expected a CRATE, got {type(model).__name__}")
+    _reference_layout(model.config)
     ours = model.state_dict()
     return {k: ours[ck] for k, ck in _key_map(model.config.depth, _projects_out(model.config)).items()}

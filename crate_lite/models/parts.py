@@ -320,7 +320,8 @@ class Intermediates:
     """What ``model(x, return_intermediates=True)`` returns besides the output.
 
     Lists have one entry per layer l = 0..L-1; token states are (B, N, d) (for image
-    models the cls token first), attentions (B, K, N, N) with rows summing to 1.
+    models the cls token first), attentions (B, K, N, N) with rows summing to 1 (for a
+    CRATE layer with another ``membership`` than softmax, its weights; see ``MSSA``).
     ``inputs[l]`` is Z^l, ``z_half[l]`` is Z^{l+1/2} = Z^l + attention(LN1 Z^l),
     ``outputs[l]`` is Z^{l+1} (so ``outputs[l] is inputs[l+1]``). CRATE layers also fill
     ``mssa_inputs[l]`` and ``ista_inputs[l]``, the normalised tokens each block actually
@@ -395,17 +396,24 @@ class Backbone(nn.Module):
             failure = err
         if failure is not None:
             self._refuse_non_finite(x)
-            raise failure
+            raise v.NonFiniteError(f"{self._input_name()}: {self._overflow}") from failure
         feats = self.pool(z)  # (B, d) or (B, N, d)
         out = self.head(feats)
         if (out.device.type == "cpu" or not self.training) and not v.compiling():
             if out.is_floating_point() and not bool(torch.isfinite(out).all()):
                 self._refuse_non_finite(x)
-                raise ValueError(f"{self._input_name()}: the model's output is not finite (NaN or inf)")
+                raise ValueError(
+                    f"{self._input_name()}: the model's output is not finite (NaN or inf); {self._overflow}"
+                )
         if record is None:
             return out
         record.features = feats
         return out, record
+
+    _overflow = (
+        "the tokens overflowed to NaN or inf inside the model for finite input and weights "
+        "(a layer without normalisation, e.g. norm=False or membership='none', can grow without bound)"
+    )
 
     def _input_name(self) -> str:
         return "img" if isinstance(self.embed, (ImageEmbedding, PatchEmbedding)) else "x"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate as v
-from .crate import CRATEConfig, vit_layer_param_count
+from .crate import CRATEConfig, require_default_switches, vit_layer_param_count
 from .parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts, layer_tokens
 
 __all__ = ["ViTLayer", "ViT", "vit_layer_param_count"]
@@ -99,6 +99,7 @@ class ViT(Backbone):
     def __init__(self, config: CRATEConfig, mlp_ratio: int = 4) -> None:
         if not isinstance(config, CRATEConfig):
             raise TypeError(f"config: expected a CRATEConfig, got {type(config).__name__}")
+        require_default_switches(config, "the ViT")
         c, r = config, v.integer("mlp_ratio", mlp_ratio, minimum=1)
         super().__init__(**image_classifier_parts(c, lambda: ViTLayer(c.dim, c.heads, c.dim_head, r)), fast=c.fast)
         self.config = config

@@ -388,7 +388,9 @@ def test_bad_values_are_refused(kw, err, match):
 def test_switches_other_layers_lack_are_refused():
     for layer, kw in (("gpt", dict(out_proj="tied")), ("crate_alpha", dict(norm=False))):
         name, value = next(iter(kw.items()))
-        with pytest.raises(ValueError, match=f"{name}: the ablation switches apply to CRATE's own layers only, not to layer='{layer}'"):
+        with pytest.raises(
+            ValueError, match=f"{name}: the ablation switches apply to CRATE's own layers only, not to layer='{layer}'"
+        ):
             lm.LMConfig(**LM_SMALL, layer=layer, **kw)
         lm.LMConfig(**LM_SMALL, layer=layer)  # the defaults are fine with any layer
     with pytest.raises(ValueError, match="out_proj: expected one of"):

@@ -23,10 +23,13 @@ export CRATE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/dat
 
 help:
 	@echo "make lab      set up (first time) and open JupyterLab on chapters/"
-	@echo "make test     set up (first time), lint, run unit tests and every chapter (smoke profile)"
+	@echo "make test     set up (first time), lint, run unit tests and every chapter (smoke profile), check the smoke website"
 	@echo "make lint     ruff format --check and ruff check over code, tests and chapters"
 	@echo "make course   run every chapter (default profile) into build/, with HTML"
 	@echo "make student  write student versions into build/student/"
+	@echo "make site     the course as a static website in build/site/html/, from make course's notebooks"
+	@echo "make site-smoke   the same, every chapter executed in the smoke profile first (minutes; build/site-smoke/)"
+	@echo "make site-check [SITE=build/site/html]   check a built site in headless Chromium (default: a smoke build; part of make test)"
 	@echo "make grade SUBMISSIONS=dir [JOBS=2] [CH=02_coding_rate]   grade a folder of notebooks into build/grades/"
 	@echo "make nbgrader  the chapters as an nbgrader course in build/nbgrader/"
 	@echo "make nb CH=02_coding_rate   run one chapter under nbval (smoke profile; PROFILE=cpu for cpu)"
@@ -58,7 +61,7 @@ chapters/%.ipynb: chapters/%.py $(STAMP)
 
 notebooks: $(NOTEBOOKS)
 
-test: lint test-unit gpu-check test-notebooks
+test: lint test-unit gpu-check test-notebooks site-check
 
 # ruff: formatting and a small rule set (pyproject.toml [tool.ruff]) over everything we write
 LINT_PATHS := crate_lite tests scripts benchmarks chapters docs conftest.py
@@ -92,7 +95,9 @@ gpu-check: $(STAMP)
 gpu-profile: $(STAMP) $(NOTEBOOKS)
 	$(BIN)/python scripts/gpu_profile.py $(if $(SHORT),--short)
 
-# smoke-profile results go to build/smoke/ so they never overwrite a real run's
+# smoke-profile results go to build/smoke/ so they never overwrite a real run's; the executed notebooks are
+# kept in build/smoke/executed/ (scripts/site_outputs.py) for the smoke website of make site-check
+test-notebooks: export PYTEST_ADDOPTS := $(PYTEST_ADDOPTS) -p scripts.site_outputs
 test-notebooks: $(STAMP) $(NOTEBOOKS)
 	CRATE_PROFILE=smoke CRATE_BUILD=$(CURDIR)/build/smoke $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
@@ -111,6 +116,25 @@ course: $(STAMP) $(NOTEBOOKS)
 
 student: $(STAMP)
 	$(BIN)/python -m crate_lite.classroom student $(CHAPTERS) --out build/student
+
+# the course website (scripts/site_build.py, docs/site/conf.py; docs/teaching.md, section 5): Sphinx + MyST-NB
+# reading the py:percent chapters, with their outputs from make course's notebooks (make site) or from
+# running every chapter in the smoke profile (make site-smoke); works offline (local MathJax, no CDN)
+SITE_OUT ?= build/site
+SMOKE_SITE_OUT ?= build/site-smoke
+.PHONY: site site-smoke site-check
+site: $(STAMP)
+	$(BIN)/python scripts/site_build.py --from $(COURSE_OUT) --out $(SITE_OUT)
+
+# runs only the chapters that make test-notebooks has not just executed (build/smoke/executed: scripts/site_outputs.py)
+site-smoke: $(STAMP)
+	$(BIN)/python scripts/site_build.py --profile smoke --prefer $(CURDIR)/build/smoke/executed --out $(SMOKE_SITE_OUT)
+
+# every page in headless Chromium from a local server (tests/test_site.py): math typeset, figures loaded,
+# internal links resolve, nothing loaded from another host; screenshots in build/site-check/.
+# SITE=folder checks a site built before (make site: SITE=build/site/html); without it, a smoke build first
+site-check: $(STAMP) browser-setup $(if $(SITE),,site-smoke)
+	CRATE_SITE=$(abspath $(or $(SITE),$(SMOKE_SITE_OUT)/html)) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_site.py
 
 # grading (docs/teaching.md): a folder of submissions against the chapters their file names name
 SUBMISSIONS ?= submissions

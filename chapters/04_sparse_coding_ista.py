@@ -558,8 +558,8 @@ checks.cmp(
 
 # %% [markdown]
 # Why that atom update is exact: with the other atoms fixed, the data term of (4.12) as a
-# function of $d_j$ is $\frac{\mathbf A_{jj}}2\|d_j\|^2 - d_j^\top\big(b_j - \sum_{l \ne j} d_l \mathbf A_{lj}\big)
-# + \text{const} = \frac{\mathbf A_{jj}}2\|d_j - u\|^2 + \text{const}$ with $u$ as above: an isotropic
+# function of $d_j$ is $\frac{\mathbf A_{jj}}2\|d_j\|^2 - d_j^\top\big(b_j - \sum_{l \ne j} d_l \mathbf A_{lj}\big) +
+# \text{const} = \frac{\mathbf A_{jj}}2\|d_j - u\|^2 + \text{const}$ with $u$ as above: an isotropic
 # quadratic, so its minimiser over the unit ball is the projection $u/\max(1, \|u\|)$. Check: one
 # sweep written from scratch equals `sparse.dictionary_update` and lowers the objective at every
 # atom, while the plausible slip of forgetting the division by $\mathbf A_{jj}$ (a plain gradient

@@ -1,6 +1,7 @@
 """Real-browser helpers: a JupyterLab server started the way ``make lab`` starts it, and
-headless Chromium driven through its DevTools protocol (tests/test_browser.py; meant to be
-shared with the website test).
+headless Chromium driven through its DevTools protocol (tests/test_browser.py, and the
+website test tests/test_site.py, which also records a tab's DevTools events with
+``Page.record`` and keeps the browser off the network with ``LOOPBACK_ONLY``).
 
 No driver and no extra package: Chromium is started with ``--remote-debugging-pipe`` and
 this module speaks the DevTools protocol (JSON messages ended by a NUL byte) over that
@@ -35,6 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 SCREENSHOTS = ROOT / "build" / "browser"
+# Chromium switches that keep a test's browser on this machine: every host name resolves to
+# nothing except localhost, so a page that asks for a CDN gets an error instead of a download
+# (the request itself still shows in the DevTools Network events a test records)
+LOOPBACK_ONLY = (
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+    "--disable-domain-reliability",
+)
 # executable names tried in order on PATH; CRATE_CHROMIUM=/path/to/chrome overrides them
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
@@ -322,7 +330,10 @@ class Browser:
     """Headless Chromium on a DevTools pipe. ``open(url)`` gives a :class:`Page`; ``close()``
     kills the browser's process group."""
 
-    def __init__(self, executable: str, profile: Path, *, width: int = 1280, height: int = 900):
+    def __init__(
+        self, executable: str, profile: Path, *, width: int = 1280, height: int = 900, flags: tuple[str, ...] = ()
+    ):
+        """``flags``: more Chromium command-line switches (e.g. :data:`LOOPBACK_ONLY`)."""
         profile.mkdir(parents=True, exist_ok=True)
         self.log = profile.parent / f"{profile.name}.log"
         to_browser_r, self._to_browser = os.pipe()
@@ -349,6 +360,7 @@ class Browser:
             "--disable-background-timer-throttling",
             "--disable-backgrounding-occluded-windows",
             "--disable-renderer-backgrounding",
+            *flags,
             "about:blank",
         ]
         if hasattr(os, "getuid") and os.getuid() == 0:
@@ -372,6 +384,7 @@ class Browser:
         self._next_id = 0
         self._lock = threading.Lock()
         self._replies: dict[int, dict] = {}
+        self._listeners: list = []  # callables given every event (a message without "id"): Page.record
         self._arrived = threading.Condition()
         self._closed = False
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -399,6 +412,9 @@ class Browser:
                     with self._arrived:
                         self._replies[message["id"]] = message
                         self._arrived.notify_all()
+                else:
+                    for listener in list(self._listeners):
+                        listener(message)
         with self._arrived:
             self._closed = True
             self._arrived.notify_all()
@@ -471,6 +487,20 @@ class Page:
 
     def send(self, method: str, params: dict | None = None, *, timeout: float = 30):
         return self.browser.send(method, params, session=self.session, timeout=timeout)
+
+    def record(self, *methods: str) -> list[dict]:
+        """A list that collects, from now on, the ``params`` of this tab's DevTools events named
+        in ``methods`` (``"Network.requestWillBeSent"``, ``"Runtime.exceptionThrown"``, ...), each
+        with its ``method`` added. Events of a domain come only once it is enabled
+        (``page.send("Network.enable")``)."""
+        seen: list[dict] = []
+
+        def listen(message: dict) -> None:
+            if message.get("sessionId") == self.session and message.get("method") in methods:
+                seen.append({"method": message["method"], **message.get("params", {})})
+
+        self.browser._listeners.append(listen)
+        return seen
 
     def bring_to_front(self) -> None:
         """Make this the active tab (input goes to it; screenshots show it)."""

@@ -93,6 +93,12 @@ SHORT: dict[str, tuple[str, str]] = {
         "python docs/times.py sync --help",
         "rewrites tracked files (tests/test_anatomy.py tests it on a copy): --help",
     ),
+    "make site": (
+        "make -n site && .venv/bin/python scripts/site_build.py --help",
+        "needs make course's executed notebooks (an hour of runs): dry run and --help",
+    ),
+    "make site-smoke": ("make -n site-smoke", "runs every chapter (minutes); make test builds it: dry run"),
+    "make site-check": ("make -n site-check", "is part of make test (minutes): dry run"),
     "make gpu-check": ("make -n gpu-check", "make test runs it (a minute of training runs): dry run"),
     "make gpu-profile": (
         "make -n gpu-profile && .venv/bin/python scripts/gpu_profile.py --dry-run",

@@ -64,9 +64,8 @@ def _reference_layout(config: CRATEConfig) -> None:
     reference checkpoints have an untied output projection and both LayerNorms."""
     for name in ("out_proj", "norm"):
         if getattr(config, name) != SWITCH_DEFAULTS[name]:
-            raise ValueError(
-                f"{name}: the reference CRATE layout has {name}={SWITCH_DEFAULTS[name]!r}, got {getattr(config, name)!r}"
-            )
+            expected, got = SWITCH_DEFAULTS[name], getattr(config, name)
+            raise ValueError(f"{name}: the reference CRATE layout has {name}={expected!r}, got {got!r}")
 
 
 def official_keys(config: CRATEConfig) -> list[str]:

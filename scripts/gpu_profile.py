@@ -14,10 +14,14 @@ What runs, in this order:
    are included), executed headless under ``CRATE_PROFILE=gpu`` like ``make course`` does;
 2. every ``configs/*_gpu.toml`` through ``scripts/train.py``.
 
+In full mode, ``scripts/ablations.py --grid full`` (chapter 12's ablation grid) runs first, so
+that chapter 12 reads its results file instead of running its reduced grid.
+
 Everything goes to ``build/gpu/`` (``build/gpu-short/`` in short mode, so a short run never
 overwrites a full one's numbers): ``results/*.json`` (each chapter's recorded numbers) and
 ``results/RESULTS.md`` (all of them in one table), ``train/<config>.json`` (each training run's
-numbers: accuracy, images/s, FLOPs per image, achieved FLOP/s and fraction of peak),
+numbers: accuracy or validation loss, images/s or tokens/s, FLOPs per example, achieved FLOP/s and
+fraction of peak),
 ``notebooks/`` (the executed chapters), ``logs/`` (one log per item), ``gpu_profile.log``
 (this script's output) and ``summary.json`` / ``SUMMARY.md`` (hardware, date, mode, and the
 measured time and status of every item: what goes into the README once it has run).
@@ -27,11 +31,12 @@ FLOP counts (crate_lite.flops) at an assumed 10 % of an H200's dense bf16 peak, 
 measurement; the script prints and records what it measures. Full mode: the chapters' gpu
 profiles (chapter 09 trains three CIFAR-10 models for up to 10 minutes each, two small segmentation models and
 measures torch.compile; chapter 08's 20,000
-CRATE-MAE steps about 2.5 min) and the two configs (about 2.4 and 8.9 min): about an hour in
-all. ``--short`` sets ``CRATE_GPU_SHORT=1``, which makes every chapter use its ``gpu_short``
+CRATE-MAE steps about 2.5 min) and the four configs (CIFAR-10 CRATE and ViT about 2.4 and 8.9 min,
+Tiny Shakespeare GPT and CRATE-GPT about 1-1.5 min each): about an hour in all.
+``--short`` sets ``CRATE_GPU_SHORT=1``, which makes every chapter use its ``gpu_short``
 sizes (crate_lite.profiles; a chapter that gives none runs its full gpu sizes: the plan warns),
 and runs each config for 1,000 steps: all within 12 minutes on one H200-class GPU is the
-design target (about 1.5 min for the configs, the rest for the chapters).
+design target (about 2 min for the configs, the rest for the chapters).
 
 **No network needed.** The GPU machine may have no network, so bring the data: on a machine
 that has it, ``python scripts/gpu_profile.py --fetch-data build/data`` downloads every
@@ -171,6 +176,11 @@ def _notebook(source: Path) -> Path:
 def plan(a: argparse.Namespace, out: Path) -> list[tuple[str, list[str], str, Path]]:
     """``(name, command, log stem, the JSON it writes)`` for every item, in order."""
     items = []
+    if not a.short and any(_matches(s, a.chapters) and s.stem == "12_ablations" for s, _ in gpu_chapters()):
+        # chapter 12 reads the full ablation grid's file when present: train it first (full mode only;
+        # in short mode the chapter runs its reduced grid itself)
+        cmd = [sys.executable, "scripts/ablations.py", "--grid", "full", "--scale", "gpu", "--device", "cuda"]
+        items.append(("ablations full grid", cmd, "ablations_full", out / "results" / "12_ablations_full.json"))
     for source, _ in gpu_chapters():
         if _matches(source, a.chapters):
             cmd = [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute",
@@ -200,7 +210,16 @@ def numbers(path: Path) -> str:
     parts = [f"{rec['steps']} steps"]
     if "test_acc" in rec:
         parts.append(f"test acc {100 * rec['test_acc']:.2f} %")
-    if rec.get("examples_per_s") == rec.get("examples_per_s"):  # not nan
+    if "val_bpc" in rec:  # a causal language model: last and best validation loss
+        best = min((h for h in rec.get("history", []) if "val_loss" in h), key=lambda h: h["val_loss"], default=None)
+        parts.append(f"val loss {rec['val_loss']:.4f} nats ({rec['val_bpc']:.3f} bpc)")
+        if best is not None:
+            parts.append(f"best {best['val_loss']:.4f} at step {best['step']}")
+    if "val_mlm_acc" in rec:  # a masked language model
+        parts.append(f"masked-token loss {rec['val_mlm_loss']:.4f}, acc {100 * rec['val_mlm_acc']:.2f} %")
+    if "tokens_per_s" in rec and rec["tokens_per_s"] == rec["tokens_per_s"]:  # a language model's, not nan
+        parts.append(f"{rec['tokens_per_s']:,.0f} tokens/s")
+    elif rec.get("examples_per_s") == rec.get("examples_per_s"):  # not nan
         parts.append(f"{rec['examples_per_s']:,.0f} images/s")
     if rec.get("flops_per_s"):
         parts.append(f"{rec['flops_per_s'] / 1e12:.1f} TFLOP/s")

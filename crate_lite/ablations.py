@@ -52,8 +52,8 @@ from . import data as _data
 from . import diagnostics, train
 from .coding_rate import subspace_coding_rate
 from .models import language as LM
-from .models.crate import CRATE, MSSA, CRATEAlphaLayer, CRATEConfig
-from .models.parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts, layer_tokens
+from .models.crate import CRATE, CRATEAlphaLayer, CRATEConfig, ResidualBlockLayer
+from .models.parts import Backbone, image_classifier_parts
 from .utils import atomic_write, build_dir, environment
 
 __all__ = [
@@ -353,7 +353,7 @@ def make_grid(name: str = "reduced", scale: str = "cpu", *, seeds: Sequence[int]
 
 
 # --------------------------------------------------------------------------- models
-class MLPBlockLayer(nn.Module):
+class MLPBlockLayer(ResidualBlockLayer):
     """CRATE's layer with the sparsification block replaced by a ViT / GPT MLP with a
     residual (choice 4 of chapter 12), so that only the block differs from CRATE's:
 
@@ -364,29 +364,14 @@ class MLPBlockLayer(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, dim_head: int, mlp_ratio: int = 4) -> None:
-        super().__init__()
-        self.dim = v.integer("dim", dim, minimum=1)
+        super().__init__(dim, heads, dim_head)
         r = v.integer("mlp_ratio", mlp_ratio, minimum=1)
-        self.norm1 = nn.LayerNorm(dim)
-        self.mssa = MSSA(dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, r * dim)
         self.fc2 = nn.Linear(r * dim, dim)
 
-    def forward(
-        self, z: torch.Tensor, *, mask: Mask = None, fast: bool = True, record: Intermediates | None = None
-    ) -> torch.Tensor:
-        """Tokens ``z`` (B, N, d) -> (B, N, d); ``mask``, ``fast``, ``record`` as for CRATELayer."""
-        z = layer_tokens("z", z, self.dim, self.norm1.weight)
-        mask = check_mask(mask, z.shape[0], self.mssa.heads, z.shape[1])
-        y = self.norm1(z)  # (B, N, d)
-        m, attn = self.mssa.attend(y, mask, fast, need_attn=record is not None)
-        z_half = z + m  # (B, N, d)
-        x = self.norm2(z_half)  # (B, N, d)
-        out = z_half + self.fc2(F.gelu(self.fc1(x)))  # (B, N, d)
-        if record is not None:
-            record.append(inputs=z, mssa_inputs=y, attentions=attn, z_half=z_half, ista_inputs=x, outputs=out)
-        return out
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        """W2 GELU(W1 x + b1) + b2, (B, N, d) -> (B, N, d)."""
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 def _config(task: Task, overrides: Mapping[str, object], vocab_size: int | None) -> CRATEConfig | LM.LMConfig:

@@ -43,7 +43,7 @@ papers); :mod:`crate_lite.models.official` converts its checkpoints.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,7 @@ __all__ = [
     "ista_matrix",
     "OvercompleteISTABlock",
     "CRATEAlphaLayer",
+    "ResidualBlockLayer",
     "alpha_layer_param_count",
     "layer_param_count",
     "vit_layer_param_count",
@@ -71,6 +72,7 @@ __all__ = [
     "OUT_PROJS",
     "RESIDUALS",
     "MEMBERSHIPS",
+    "LayerSwitches",
     "SWITCH_DEFAULTS",
     "validate_switches",
     "require_default_switches",
@@ -92,11 +94,24 @@ MEMBERSHIPS = ("softmax", "thresholded", "none")
 (see :class:`MSSA`): softmax over keys (reference code), the thresholded softmax of the
 attention-only transformer (arXiv:2506.03790), or none (the reference CRATE-MAE
 decoder's ``use_softmax=False``)."""
-SWITCH_DEFAULTS: dict[str, object] = dict(
-    out_proj="untied", residual="plain", kappa_beta=0.1, membership="softmax", threshold=0.5, norm=True
-)
-"""The ablation switches and their defaults (the reference code), shared by
-:class:`CRATEConfig` and :class:`crate_lite.models.language.LMConfig`."""
+
+
+@dataclass(kw_only=True)
+class LayerSwitches:
+    """The ablation switches of the CRATE layer (chapter 12), fields of both
+    :class:`CRATEConfig` and :class:`crate_lite.models.language.LMConfig` (keyword-only, so
+    they never shift a config's positional fields). The defaults are the reference code."""
+
+    out_proj: str = "untied"
+    residual: str = "plain"
+    kappa_beta: float = 0.1
+    membership: str = "softmax"
+    threshold: float = 0.5
+    norm: bool = True
+
+
+SWITCH_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(LayerSwitches)}
+"""The ablation switches and their defaults (the reference code), from :class:`LayerSwitches`."""
 
 
 def _threshold(value: object, membership: str) -> float:
@@ -146,7 +161,7 @@ def require_default_switches(config: object, where: str) -> None:
 
 
 @dataclass
-class CRATEConfig:
+class CRATEConfig(LayerSwitches):
     """Every size of a CRATE image classifier (chapter 07).
 
     ``dim`` is d, ``heads`` is K, ``dim_head`` is p (K p is usually d), ``depth`` is L.
@@ -172,12 +187,6 @@ class CRATEConfig:
     step_size: float = 0.1
     lam: float = 0.1
     fast: bool = True
-    out_proj: str = "untied"
-    residual: str = "plain"
-    kappa_beta: float = 0.1
-    membership: str = "softmax"
-    threshold: float = 0.5
-    norm: bool = True
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "heads", "dim_head"):
@@ -579,7 +588,46 @@ class OvercompleteISTABlock(nn.Module):
         return (out, a2) if v.flag("return_codes", return_codes) else out
 
 
-class CRATEAlphaLayer(nn.Module):
+class ResidualBlockLayer(nn.Module):
+    """A CRATE compression step followed by a block *with a residual around it*:
+
+        Z_half = Z + MSSA(LN1(Z)),   Z_next = Z_half + block(LN2(Z_half)),
+
+    the frame of :class:`CRATEAlphaLayer` (block: the overcomplete sparse-coding block) and of
+    chapter 12's MLP ablation (:class:`crate_lite.ablations.MLPBlockLayer`). A subclass adds its
+    block's modules after ``norm2`` and defines :meth:`block`. Same call signature and ``record``
+    fields as :class:`CRATELayer`.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.dim = v.integer("dim", dim, minimum=1)
+        self.norm1 = nn.LayerNorm(dim)
+        self.mssa = MSSA(dim, heads, dim_head)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on LN2(Z_half), (B, N, d) -> (B, N, d)."""
+        raise NotImplementedError(f"{type(self).__name__} must define block(x)")
+
+    def forward(
+        self, z: torch.Tensor, *, mask: Mask = None, fast: bool = True, record: Intermediates | None = None
+    ) -> torch.Tensor:
+        """Tokens ``z`` (B, N, d) -> (B, N, d); ``mask``, ``fast`` and ``record`` as for
+        :class:`CRATELayer` (``fast`` picks the MSSA path)."""
+        z = layer_tokens("z", z, self.dim, self.norm1.weight)
+        mask = check_mask(mask, z.shape[0], self.mssa.heads, z.shape[1])
+        y = self.norm1(z)  # (B, N, d)
+        m, attn = self.mssa.attend(y, mask, fast, need_attn=record is not None)
+        z_half = z + m  # (B, N, d)
+        x = self.norm2(z_half)  # (B, N, d)
+        out = z_half + self.block(x)  # residual around the block
+        if record is not None:
+            record.append(inputs=z, mssa_inputs=y, attentions=attn, z_half=z_half, ista_inputs=x, outputs=out)
+        return out
+
+
+class CRATEAlphaLayer(ResidualBlockLayer):
     """One CRATE-alpha layer (arXiv:2405.20299; chapter 10): the CRATE compression step,
     then the overcomplete sparse-coding block *with a residual around it*:
 
@@ -595,28 +643,12 @@ class CRATEAlphaLayer(nn.Module):
     def __init__(
         self, dim: int, heads: int, dim_head: int, *, ratio: int = 4, step_size: float = 0.1, lam: float = 0.1
     ) -> None:
-        super().__init__()
-        self.dim = v.integer("dim", dim, minimum=1)
-        self.norm1 = nn.LayerNorm(dim)
-        self.mssa = MSSA(dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(dim)
+        super().__init__(dim, heads, dim_head)
         self.ista = OvercompleteISTABlock(dim, ratio, step_size, lam)
 
-    def forward(
-        self, z: torch.Tensor, *, mask: Mask = None, fast: bool = True, record: Intermediates | None = None
-    ) -> torch.Tensor:
-        """Tokens ``z`` (B, N, d) -> (B, N, d); ``mask``, ``fast`` and ``record`` as for
-        :class:`CRATELayer` (``fast`` picks the MSSA path)."""
-        z = layer_tokens("z", z, self.dim, self.norm1.weight)
-        mask = check_mask(mask, z.shape[0], self.mssa.heads, z.shape[1])
-        y = self.norm1(z)  # (B, N, d)
-        m, attn = self.mssa.attend(y, mask, fast, need_attn=record is not None)
-        z_half = z + m  # (B, N, d)
-        x = self.norm2(z_half)  # (B, N, d)
-        out = z_half + self.ista(x)  # residual around the sparse-coding block
-        if record is not None:
-            record.append(inputs=z, mssa_inputs=y, attentions=attn, z_half=z_half, ista_inputs=x, outputs=out)
-        return out
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        """D1 a2(x): the overcomplete block of eq. (10.7)."""
+        return self.ista(x)
 
 
 # --------------------------------------------------------------------------- presets

@@ -52,6 +52,7 @@ from .crate import (
     CRATEAlphaLayer,
     CRATEConfig,
     CRATELayer,
+    LayerSwitches,
     require_default_switches,
     validate_switches,
 )
@@ -85,7 +86,7 @@ LAYERS = ("crate", "crate_alpha", "gpt")
 
 # --------------------------------------------------------------------------- config
 @dataclass
-class LMConfig:
+class LMConfig(LayerSwitches):
     """Every size of a language model (chapter 10).
 
     ``vocab_size`` V counts every id the model embeds and predicts (for a masked LM: the
@@ -117,12 +118,6 @@ class LMConfig:
     dict_ratio: int = 4
     mlp_ratio: int = 4
     fast: bool = True
-    out_proj: str = "untied"
-    residual: str = "plain"
-    kappa_beta: float = 0.1
-    membership: str = "softmax"
-    threshold: float = 0.5
-    norm: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "dim", "depth", "heads", "dict_ratio", "mlp_ratio"):

@@ -1,9 +1,11 @@
 """scripts/train.py: --help works, bad flags are refused before any data is loaded with an
-argparse message naming the flag, and a resume conflict names the flag that resolves it."""
+argparse message naming the flag, a resume conflict names the flag that resolves it, and every
+registered model (image classifiers, chapter 10's language models) trains through the CLI."""
 
 from __future__ import annotations
 
 import json
+import math
 import runpy
 import subprocess
 import sys
@@ -215,3 +217,134 @@ def test_gpu_check_covers_every_gpu_config_workers_and_torchrun():
     assert any(
         "torch.distributed.run --standalone --nproc_per_node=2" in c for c, (_, _, w) in zip(commands, plan) if w == 2
     )
+
+
+# ----------------------------------------------------------------------------- language models (chapter 10)
+
+LM_TINY = ["--data", "shakespeare_char", "--dim", "16", "--depth", "1", "--heads", "2", "--block-size", "16",
+           "--steps", "2", "--batch-size", "4", "--warmup", "1", "--threads", "1", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture
+def shakespeare(shared_data):
+    if not (shared_data / "tinyshakespeare" / "input.txt").is_file():
+        pytest.skip(f"Tiny Shakespeare not found in {shared_data}")
+    return shared_data
+
+
+@pytest.mark.parametrize("model, task", [
+    ("gpt", "causal_lm"), ("crate-gpt", "causal_lm"), ("crate-alpha", "causal_lm"),
+    ("bert", "masked_lm"), ("crate-bert", "masked_lm"),
+])  # fmt: skip
+def test_language_models_train_through_the_cli(script, shakespeare, tmp_path, model, task):
+    """A few steps of each language model on Tiny Shakespeare; the JSON has the task's scores
+    (loss and bits per character, or masked-token loss and accuracy), tokens/s and the hardware."""
+    from crate_lite.models import language as LM
+
+    out = tmp_path / "o.json"
+    assert script["main"]([*LM_TINY, "--model", model, "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    causal = task == "causal_lm"
+    mc = r["model_config"]
+    assert r["task"] == task and r["steps"] == 2 and mc["layer"] == script["MODELS"][model].layer
+    assert (mc["causal"], mc["vocab_size"], mc["block_size"], mc["tied"]) == (causal, 65 if causal else 66, 16, True)
+    assert r["params"] == LM.lm_param_count(LM.LMConfig(**mc))
+    scores = ("val_loss", "val_bpc") if causal else ("val_mlm_loss", "val_mlm_acc")
+    assert all(math.isfinite(r[k]) for k in scores) and "test_acc" not in r and "augment" not in r
+    if causal:
+        assert r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2))
+    assert 0 < r[scores[0]] < 2 * math.log(66)  # nats per character, near ln V after 2 steps
+    assert r["tokens_per_s"] == pytest.approx(16 * r["examples_per_s"]) and r["flops_per_example"] > 0
+    assert r["hardware"].endswith("1 torch threads") and r["history"][-1]["step"] == 2
+    assert r["data"].startswith("tinyshakespeare, characters (65 tokens)")
+
+
+def test_language_options_reach_the_model(script, shakespeare, tmp_path):
+    out = tmp_path / "o.json"
+    args = [*LM_TINY, "--model", "crate-gpt", "--no-tied", "--lam", "0", "--step-size", "0.5", "--min-lr-ratio",
+            "0.1", "--beta2", "0.99", "--grad-clip", "0.5", "--out", str(out)]  # fmt: skip
+    assert script["main"](args) == 0
+    r = json.loads(out.read_text())
+    assert (r["model_config"]["tied"], r["model_config"]["lam"], r["model_config"]["step_size"]) == (False, 0, 0.5)
+    assert (r["config"]["min_lr_ratio"], r["config"]["betas"], r["config"]["grad_clip"]) == (0.1, [0.9, 0.99], 0.5)
+
+
+def test_language_run_is_chapter_10s_training_and_both_data_paths_agree(script, shakespeare, tmp_path):
+    """The CLI trains what chapter 10's train_lm trains (the same windows from data.random_windows,
+    the same initial weights, the same loop): equal losses; DataLoader workers change nothing."""
+    import torch
+
+    from crate_lite import data, train
+    from crate_lite.models import language as LM
+
+    out = {}
+    for workers in ("0", "1"):
+        path = tmp_path / f"w{workers}.json"
+        assert script["main"]([*LM_TINY, "--model", "gpt", "--num-workers", workers, "--out", str(path)]) == 0
+        out[workers] = json.loads(path.read_text())
+    assert out["0"]["final_loss"] == out["1"]["final_loss"] and out["0"]["val_loss"] == out["1"]["val_loss"]
+    train_set, val_set, _ = data.load_char_dataset("tinyshakespeare", 16)
+    windows = data.random_windows(train_set.ids, 16, 2 * 4, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = LM.LanguageModel(LM.LMConfig(65, block_size=16, dim=16, depth=1, heads=2, layer="gpt"))
+    tc = train.TrainConfig(steps=2, batch_size=4, lr=2e-3, warmup_steps=1, progress=False)  # the CLI's defaults
+    res = train.fit(model, LM.causal_lm_loss(), windows, tc, evaluate=LM.evaluate_lm(val_set.ids, 16))
+    assert res.final_loss == out["0"]["final_loss"] and res.evaluation["val_loss"] == out["0"]["val_loss"]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--model", "gpt", "--data", "mnist"], "--data"),
+    (["--model", "crate", "--data", "shakespeare_char"], "--data"),
+    (["--model", "gpt", "--data", "shakespeare_char", "--patch", "4"], "--patch"),
+    (["--model", "crate-gpt", "--data", "shakespeare_char", "--hflip"], "--hflip"),
+    (["--model", "crate-gpt", "--data", "shakespeare_char", "--crop-padding", "2"], "--crop-padding"),
+    (["--model", "bert", "--data", "shakespeare_char", "--label-smoothing", "0.1"], "--label-smoothing"),
+    (["--model", "gpt", "--data", "shakespeare_char", "--block-size", "0"], "--block-size"),
+    (["--model", "gpt", "--data", "shakespeare_char", "--lam", "0.1"], "--lam"),
+    (["--model", "crate-gpt", "--data", "shakespeare_char", "--step-size", "0"], "--step-size"),
+    (["--model", "crate-bert", "--data", "shakespeare_char", "--lam", "-1"], "--lam"),
+    (["--model", "gpt", "--data", "shakespeare_char", "--dim", "30"], "--heads"),
+    (["--model", "vit", "--step-size", "0.5"], "--step-size"),
+    (["--model", "crate", "--block-size", "64"], "--block-size"),
+    (["--model", "vit", "--no-tied"], "--tied"),
+    (["--beta2", "1"], "--beta2"), (["--min-lr-ratio", "1.5"], "--min-lr-ratio"), (["--grad-clip", "0"], "--grad-clip"),
+])  # fmt: skip
+def test_language_and_optimiser_flags_are_checked_before_loading_data(main, capsys, monkeypatch, args, flag):
+    for name in ("load_text", "load_char_dataset", "load_classification"):
+        monkeypatch.setattr(f"crate_lite.data.{name}", lambda *a, **k: pytest.fail("data was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and flag in err, err
+
+
+@pytest.mark.parametrize("size, sizes, gpt_params", [
+    ("cpu", dict(depth=4, heads=4, block_size=64, batch_size=12, steps=2000), 809_856),
+    ("gpu", dict(depth=6, heads=6, block_size=256, batch_size=64, steps=5000), 10_770_816),
+])  # fmt: skip
+def test_shakespeare_configs_are_nanogpts_recipes_at_equal_parameters(script, size, sizes, gpt_params):
+    """configs/shakespeare_char_{gpt,crate}_{cpu,gpu}.toml: nanoGPT's shakespeare_char optimiser
+    settings and sizes (its README's CPU overrides; its GPU config), CRATE within 5 % of the GPT's
+    parameter count (chapter 10's equal-parameter comparison)."""
+    from crate_lite.models import language as LM
+
+    counts = {}
+    for model in ("gpt", "crate"):
+        path = ROOT / "configs" / f"shakespeare_char_{model}_{size}.toml"
+        p, a = script["parse"](["--config", str(path), "--device", "cpu", "--amp", "auto"])
+        tc = script["check"](p, a)
+        assert {k: getattr(a, k) for k in sizes} == sizes and a.data == "shakespeare_char" and a.tied
+        recipe = (tc.lr, tc.warmup_steps, tc.min_lr_ratio, tc.betas, tc.weight_decay, tc.grad_clip)
+        assert recipe == (1e-3, 100, 0.1, (0.9, 0.99), 0.1, 1.0), path.name
+        counts[model] = LM.lm_param_count(script["lm_config"](a, 65))
+    assert counts["gpt"] == gpt_params and abs(counts["crate"] / counts["gpt"] - 1) < 0.05, counts
+
+
+def test_gpu_profile_digest_of_a_language_run(gpu_profile, tmp_path):
+    path = tmp_path / "r.json"
+    history = [{"step": 250, "val_loss": 1.7}, {"step": 2500, "val_loss": 1.45}, {"step": 5000, "val_loss": 1.5}]
+    run = {"steps": 5000, "val_loss": 1.5, "val_bpc": 2.164, "history": history, "examples_per_s": 100.0,
+           "tokens_per_s": 25600.0}  # fmt: skip
+    text = gpu_profile["numbers"](path.write_text(json.dumps(run)) and path)
+    assert "val loss 1.5000 nats" in text and "best 1.4500 at step 2500" in text, text
+    assert "25,600 tokens/s" in text and "images/s" not in text

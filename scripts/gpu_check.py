@@ -4,8 +4,8 @@ the gpu profile cannot rot unseen (``make gpu-check``, part of ``make test``).
 
     python scripts/gpu_check.py
 
-Measured 2026-11-30 on a shared 2-core machine (load average 7.5): 124 s wall, 52 s of CPU
-time, so about a minute on 2 otherwise idle cores (not measured idle).
+Measured 2026-11-30 in a fresh-clone ``make test`` on a 2-core machine: 45 s wall for its 6 runs
+(the vision and language ``*_gpu.toml`` configs, bf16, workers, torchrun).
 
 What it runs, each through ``scripts/train.py`` in a fresh process:
 

@@ -12,7 +12,8 @@ lets each model file be short and read as a variation on the others: ``parts.py`
 ``crate.py`` (the CRATE layer and classifier, presets), ``vit.py`` (the baseline: the
 same parts around a different layer), ``official.py`` (the reference implementation's
 checkpoint keys), ``autoencoder.py`` (CRATE-MAE and ViT-MAE, chapter 08), ``language.py``
-(CRATE-GPT, CRATE-BERT and their GPT / BERT baselines, chapter 10). Models import
+(CRATE-GPT, CRATE-BERT and their GPT / BERT baselines, chapter 10), ``tost.py`` (ToST,
+token-statistics attention, chapter 13). Models import
 the derivation modules (``crate.py`` uses ``sparse.ista_step``), never the reverse.
 
     from crate_lite.models import crate as C          # C.CRATE, C.preset, ... (chapters 06-07)
@@ -78,6 +79,7 @@ from .parts import (
     patchify,
     unpatchify,
 )
+from .tost import TSSA, ToST, ToSTConfig, ToSTLayer, tost_layer_param_count, tssa_step, variational_rate
 from .vit import ViT, ViTLayer
 
 __all__ = [
@@ -104,6 +106,10 @@ __all__ = [
     "PatchEmbedding",
     "Pool",
     "SDPA_MIN_TOKENS",
+    "TSSA",
+    "ToST",
+    "ToSTConfig",
+    "ToSTLayer",
     "TokenEmbedding",
     "ViT",
     "ViTLayer",
@@ -134,6 +140,9 @@ __all__ = [
     "random_masking",
     "ridge_probe",
     "to_official_state_dict",
+    "tost_layer_param_count",
+    "tssa_step",
     "unpatchify",
+    "variational_rate",
     "vit_layer_param_count",
 ]

@@ -51,7 +51,16 @@ from torch import nn
 
 from .. import _validate as v
 from .. import sparse
-from .parts import Backbone, Intermediates, Mask, check_mask, image_classifier_parts, layer_tokens, patchify
+from .parts import (
+    Backbone,
+    Intermediates,
+    Mask,
+    check_image_classifier_config,
+    check_mask,
+    image_classifier_parts,
+    layer_tokens,
+    patchify,
+)
 
 __all__ = [
     "CRATEConfig",
@@ -189,14 +198,7 @@ class CRATEConfig(LayerSwitches):
     fast: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "heads", "dim_head"):
-            v.integer(name, getattr(self, name), minimum=1)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"patch_size: expected a divisor of image_size={self.image_size}, got {self.patch_size}")
-        v.choice("pool", self.pool, ("cls", "mean"))
-        self.step_size = v.positive("step_size", self.step_size)
-        self.lam = v.positive("lam", self.lam, allow_zero=True)
-        v.flag("fast", self.fast)
+        check_image_classifier_config(self)
         validate_switches(self)
 
     @property

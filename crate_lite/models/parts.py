@@ -445,6 +445,22 @@ class Backbone(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def check_image_classifier_config(config: object) -> None:
+    """Check the fields :func:`image_classifier_parts` reads, plus ``heads``, ``dim_head``,
+    ``step_size``, ``lam`` and ``fast`` (the config of CRATE, the ViT or ToST):
+    positive sizes, a patch size that divides the image size, a known pooling;
+    ``step_size`` and ``lam`` are stored back as floats."""
+    c = config
+    for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "heads", "dim_head"):
+        v.integer(name, getattr(c, name), minimum=1)
+    if c.image_size % c.patch_size:
+        raise ValueError(f"patch_size: expected a divisor of image_size={c.image_size}, got {c.patch_size}")
+    v.choice("pool", c.pool, ("cls", "mean"))
+    c.step_size = v.positive("step_size", c.step_size)
+    c.lam = v.positive("lam", c.lam, allow_zero=True)
+    v.flag("fast", c.fast)
+
+
 def image_classifier_parts(config: object, make_layer: Callable[[], nn.Module]) -> dict[str, object]:
     """``embed``, ``layers``, ``pool`` and ``head`` of an image classifier, as keyword
     arguments for :class:`Backbone`: an :class:`ImageEmbedding`, ``config.depth`` layers

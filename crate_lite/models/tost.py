@@ -55,7 +55,7 @@ from torch import nn
 
 from .. import _validate as v
 from .crate import ISTABlock
-from .parts import Backbone, Intermediates, Mask, image_classifier_parts, layer_tokens
+from .parts import Backbone, Intermediates, Mask, check_image_classifier_config, image_classifier_parts, layer_tokens
 
 __all__ = [
     "variational_rate",
@@ -258,17 +258,10 @@ class ToSTConfig:
     fast: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "heads", "dim_head"):
-            v.integer(name, getattr(self, name), minimum=1)
+        check_image_classifier_config(self)
         v.integer("mlp_ratio", self.mlp_ratio, minimum=1)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"patch_size: expected a divisor of image_size={self.image_size}, got {self.patch_size}")
-        v.choice("pool", self.pool, ("cls", "mean"))
         v.choice("block", self.block, BLOCKS)
         v.choice("out_proj", self.out_proj, TOST_OUT_PROJS)
-        self.step_size = v.positive("step_size", self.step_size)
-        self.lam = v.positive("lam", self.lam, allow_zero=True)
-        v.flag("fast", self.fast)
 
     def to_dict(self) -> dict[str, object]:
         """A plain dict (for checkpoints and logs)."""

@@ -388,7 +388,7 @@ def _config(task: Task, overrides: Mapping[str, object], vocab_size: int | None)
     return LM.LMConfig(vocab_size=vocab_size, **fields)
 
 
-def _build(task: Task, overrides: Mapping[str, object], vocab_size: int | None) -> nn.Module:
+def _build(task: Task, overrides: Mapping[str, object], vocab_size: int | None) -> Backbone:
     cfg = _config(task, overrides, vocab_size)
     block = overrides.get("block", "ista")
     if task.kind == "language":
@@ -405,11 +405,7 @@ def _build(task: Task, overrides: Mapping[str, object], vocab_size: int | None) 
     return Backbone(**image_classifier_parts(cfg, make), fast=cfg.fast)
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())  # a tied parameter once
-
-
-def build_model(task: Task, overrides: Mapping[str, object], *, vocab_size: int | None = None) -> nn.Module:
+def build_model(task: Task, overrides: Mapping[str, object], *, vocab_size: int | None = None) -> Backbone:
     """The model of one cell, with torch's global generator as its random source (seed it
     first). A ``block`` other than ``"ista"`` is built at the width (a multiple of the heads,
     K p = d) whose parameter count is closest to the base model's: equal parameters."""
@@ -418,10 +414,10 @@ def build_model(task: Task, overrides: Mapping[str, object], *, vocab_size: int 
     if overrides.get("block", "ista") == "ista":
         return _build(task, overrides, vocab_size)
     state = torch.random.get_rng_state()
-    target = _count(_build(task, {}, vocab_size))
+    target = _build(task, {}, vocab_size).num_params()
     heads = int(overrides.get("heads", task.model["heads"]))
     widths = range(heads, int(task.model["dim"]) + 1, heads)
-    best = min(widths, key=lambda w: abs(_count(_build(task, {**overrides, "dim": w}, vocab_size)) - target))
+    best = min(widths, key=lambda w: abs(_build(task, {**overrides, "dim": w}, vocab_size).num_params() - target))
     torch.random.set_rng_state(state)  # the searches drew weights; the model draws from the caller's state
     return _build(task, {**overrides, "dim": best}, vocab_size)
 
@@ -585,7 +581,7 @@ def run_cell(task: Task, cell: Cell, seed: int, *, steps: int | None = None, dev
         rc_half=stats.rc_half.tolist(),
         rc_half_rescaled=rescaled,
         sparsity=stats.sparsity.tolist(),
-        params=_count(model),
+        params=model.num_params(),
         wall_s=float(res.wall_s),
         examples_per_s=float(res.examples_per_s),
         dim=int(model.layers[0].dim),
